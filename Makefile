@@ -1,0 +1,76 @@
+# chatstack — the two commands: `make up` (the stack on a local sandbox host, ending with a chat
+# answer) and `make test` (everything). Both run as root on a fresh Debian 12 / Ubuntu machine.
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
+export ANSIBLE_ROLES_PATH := $(ROOT)/roles
+export ANSIBLE_FORCE_COLOR := 0
+export PY_COLORS := 0
+
+# Controller packages: test hosts (nspawn, debootstrap, nft), the venv, and what the service tests
+# start (service/requirements-apt.txt).
+APT_PACKAGES := python3 python3-venv git make curl openssl systemd-container debootstrap \
+	nftables openssh-client iproute2 $(shell cat service/requirements-apt.txt 2>/dev/null)
+SCENARIOS := $(shell ls -d molecule/*/molecule.yml 2>/dev/null | cut -d/ -f2)
+
+.PHONY: help deps apt venv up down test test-fast lint syntax test-service molecule molecule-all clean
+
+help:
+	@echo "make up        bring up the whole stack on a local sandbox host and show a chat answer"
+	@echo "make down      remove the sandbox hosts"
+	@echo "make test      lint, syntax, service tests, every molecule scenario (one summary line)"
+	@echo "make test-fast the same without molecule"
+	@echo "make molecule S=<scenario>   one scenario: $(SCENARIOS)"
+
+deps: apt venv
+
+apt:
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null \
+		| awk '$$NF != "installed" {print $$1}'; \
+		for p in $(APT_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing $$(echo $$missing | tr '\n' ' ')"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+up: deps
+	$(VENV)/bin/python scripts/up.py up
+
+down: venv
+	$(VENV)/bin/python scripts/up.py down
+
+test: deps
+	$(VENV)/bin/python scripts/test.py --molecule
+
+test-fast: deps
+	$(VENV)/bin/python scripts/test.py
+
+lint: venv
+	yamllint -s .
+	ansible-lint --profile production
+
+syntax: venv
+	ansible-playbook --syntax-check -i inventories/sandbox site.yml
+	ansible-playbook --syntax-check -i inventories/production site.yml
+
+test-service:
+	bash service/scripts/test.sh
+
+molecule: deps
+	cd $(ROOT) && molecule test -s $(S)
+
+molecule-all: deps
+	@for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
+
+clean: down
+	rm -rf $(ROOT)/.cache

@@ -1,0 +1,131 @@
+"""`make up`: boot the sandbox hosts, converge site.yml on them with a progress line, then show
+that the stack answers. Driven through ansible-runner so the output is a task counter, the current
+role and the elapsed time instead of a wall of task output; a failure prints the failing task and
+its error."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ansible_runner
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+INVENTORY = ROOT / "inventories" / "sandbox"
+TESTHOST = ROOT / "scripts" / "testhost"
+
+
+def sandbox_hosts() -> dict[str, str]:
+    data = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
+    return {name: (h or {})["ansible_host"] for name, h in data["all"]["hosts"].items()}
+
+
+class Progress:
+    """Folds ansible-runner events into one status line and remembers failures."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.tasks = 0
+        self.role = "-"
+        self.task = ""
+        self.stats: dict[str, int] = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0}
+        self.failures: list[str] = []
+        self.changed_tasks: list[str] = []
+        self.tty = sys.stdout.isatty()
+        self.last_print = 0.0
+
+    def __call__(self, event: dict) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        if kind == "playbook_on_task_start":
+            self.tasks += 1
+            self.role = data.get("role") or "-"
+            self.task = data.get("task", "")
+            self.show()
+        elif kind == "runner_on_ok":
+            self.stats["ok"] += 1
+            if data.get("res", {}).get("changed"):
+                self.stats["changed"] += 1
+                self.changed_tasks.append(f"{data.get('host')}: {data.get('task')}")
+        elif kind == "runner_on_skipped":
+            self.stats["skipped"] += 1
+        elif kind in ("runner_on_failed", "runner_on_unreachable"):
+            if data.get("ignore_errors"):
+                return True
+            self.stats["failed"] += 1
+            res = data.get("res", {})
+            msg = res.get("msg") or res.get("stderr") or res.get("stdout") or res
+            self.failures.append(f"{data.get('host')} | {data.get('task')}\n    {msg}")
+        return True
+
+    def show(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and not self.tty and now - self.last_print < 10:
+            return
+        self.last_print = now
+        line = (f"[{self.label}] {now - self.started:6.1f}s  task {self.tasks:3d}  "
+                f"role {self.role:<10.10}  {self.task[:60]}")
+        if self.tty:
+            print("\r\033[K" + line, end="" if not final else "\n", flush=True)
+        else:
+            print(line, flush=True)
+
+
+def run_playbook(playbook: Path, label: str, limit: str | None = None) -> Progress:
+    progress = Progress(label)
+    private = ROOT / ".cache" / "runner"
+    private.mkdir(parents=True, exist_ok=True)
+    result = ansible_runner.run(
+        private_data_dir=str(private),
+        project_dir=str(ROOT),
+        playbook=str(playbook),
+        inventory=str(INVENTORY / "hosts.yml"),
+        limit=limit,
+        envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                 "ANSIBLE_ROLES_PATH": str(ROOT / "roles")},
+        event_handler=progress,
+        quiet=True,
+    )
+    progress.show(final=True)
+    s = progress.stats
+    print(f"[{label}] {result.status}: {progress.tasks} tasks, ok={s['ok']} "
+          f"changed={s['changed']} failed={s['failed']} in "
+          f"{time.monotonic() - progress.started:.1f}s")
+    if result.rc != 0:
+        for failure in progress.failures or ["(no task failed: see .cache/runner/artifacts)"]:
+            print(f"FAILED: {failure}", file=sys.stderr)
+        sys.exit(result.rc or 1)
+    return progress
+
+
+def up() -> None:
+    started = time.monotonic()
+    for name, address in sandbox_hosts().items():
+        subprocess.run([str(TESTHOST), "up", name, address], check=True)
+    run_playbook(ROOT / "molecule" / "shared" / "prepare.yml", "prepare")
+    run_playbook(ROOT / "site.yml", "site.yml")
+    smoke = ROOT / "playbooks" / "sandbox-smoke.yml"
+    run_playbook(smoke, "smoke")
+    print(f"make up: done in {time.monotonic() - started:.0f}s")
+
+
+def down() -> None:
+    for name in sandbox_hosts():
+        subprocess.run([str(TESTHOST), "down", name], check=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("action", choices=["up", "down"])
+    a = p.parse_args()
+    os.chdir(ROOT)
+    up() if a.action == "up" else down()
+
+
+if __name__ == "__main__":
+    main()
