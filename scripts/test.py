@@ -1,0 +1,76 @@
+"""`make test`: every check in one run, ending in one summary line.
+
+Steps: yamllint, ansible-lint (production profile), syntax check of site.yml against both
+inventories, the service's pytest suite, then (with --molecule) every molecule scenario. A step's
+output streams as it runs; the closing line names each step with its result and time. The run fails
+when any step fails or when no step ran at all."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+
+# The whole stack takes longest and needs the others' roles: last.
+SCENARIO_ORDER = ["harness", "base", "firewall", "data", "web", "default"]
+
+
+def scenarios() -> list[str]:
+    found = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+    return sorted(found, key=lambda s: (SCENARIO_ORDER.index(s) if s in SCENARIO_ORDER else 50, s))
+
+
+def step(name: str, cmd: list[str], results: list[tuple[str, str, float]]) -> bool:
+    print(f"\n==> {name}: {' '.join(cmd)}", flush=True)
+    started = time.monotonic()
+    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    took = time.monotonic() - started
+    status = "ok" if rc == 0 else f"FAILED(rc={rc})"
+    results.append((name, status, took))
+    print(f"<== {name}: {status} in {took:.0f}s", flush=True)
+    return rc == 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--molecule", action="store_true", help="also run every molecule scenario")
+    p.add_argument("--only", nargs="*", help="molecule scenarios to run (default: all)")
+    a = p.parse_args()
+    os.environ["PATH"] = f"{VENV_BIN}:{os.environ['PATH']}"
+    os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
+    os.environ.setdefault("ANSIBLE_ROLES_PATH", str(ROOT / "roles"))
+    os.environ.setdefault("PY_COLORS", "0")
+    os.environ.setdefault("ANSIBLE_FORCE_COLOR", "0")
+
+    started = time.monotonic()
+    results: list[tuple[str, str, float]] = []
+    step("yamllint", ["yamllint", "-s", "."], results)
+    step("ansible-lint", ["ansible-lint", "--profile", "production"], results)
+    for inv in ("sandbox", "production"):
+        step(f"syntax:{inv}", ["ansible-playbook", "--syntax-check", "-i",
+                                f"inventories/{inv}", "site.yml"], results)
+    if (ROOT / "service" / "scripts" / "test.sh").exists():
+        step("service", ["bash", "service/scripts/test.sh"], results)
+    if a.molecule:
+        for s in a.only or scenarios():
+            step(f"molecule:{s}", ["molecule", "test", "-s", s], results)
+
+    failed = [r for r in results if r[1] != "ok"]
+    total = time.monotonic() - started
+    detail = ", ".join(f"{n} {s} {t:.0f}s" for n, s, t in results)
+    if not results:
+        print("make test: FAILED: no step ran", flush=True)
+        return 5
+    verdict = "PASSED" if not failed else f"FAILED ({len(failed)} failed)"
+    print(f"\nmake test: {verdict}: {len(results) - len(failed)}/{len(results)} steps in "
+          f"{total / 60:.1f} min [{detail}]", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
