@@ -38,6 +38,32 @@ def archive_answers(distro: str) -> bool:
                           cwd=ROOT).returncode == 0
 
 
+def host_network_state() -> dict:
+    """What the harness may leave behind on the controller."""
+    mounts = [ln.split()[1] for ln in Path("/proc/mounts").read_text().splitlines()
+              if "chatstack-testhosts" in ln]
+    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    machines = subprocess.run([str(ROOT / "scripts" / "testhost"), "list"], capture_output=True,
+                              text=True).stdout
+    return {
+        "bridge": Path("/sys/class/net/csbr0").exists(),
+        "nft_table": "chatstack_testhosts" in nft,
+        "mounts": mounts,
+        "machines": [m["name"] for m in yaml.safe_load(machines or "[]")],
+        "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
+    }
+
+
+def check_leftovers(before: dict, results: list[tuple[str, str, float]]) -> None:
+    """After the scenarios the controller must look as it did before them."""
+    after = host_network_state()
+    print(f"\n==> harness leftovers: before {before}\n                      after  {after}",
+          flush=True)
+    status = "ok" if after == before else "FAILED(leftovers)"
+    results.append(("harness:leftovers", status, 0.0))
+    print(f"<== harness:leftovers: {status}", flush=True)
+
+
 def step(name: str, cmd: list[str], results: list[tuple[str, str, float]]) -> bool:
     print(f"\n==> {name}: {' '.join(cmd)}", flush=True)
     started = time.monotonic()
@@ -70,6 +96,7 @@ def main() -> int:
     if (ROOT / "service" / "scripts" / "test.sh").exists():
         step("service", ["bash", "service/scripts/test.sh"], results)
     if a.molecule:
+        before = host_network_state()
         for s in a.only or scenarios():
             down = [d for d in sorted(optional_distros(s)) if not archive_answers(d)]
             if down:
@@ -78,6 +105,7 @@ def main() -> int:
                 results.append((f"molecule:{s}", "skipped", 0.0))
                 continue
             step(f"molecule:{s}", ["molecule", "test", "-s", s], results)
+        check_leftovers(before, results)
 
     failed = [r for r in results if r[1] not in ("ok", "skipped")]
     total = time.monotonic() - started
