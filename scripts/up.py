@@ -96,9 +96,14 @@ def run_playbook(playbook: Path, label: str, limit: str | None = None) -> Progre
     print(f"[{label}] {result.status}: {progress.tasks} tasks, ok={s['ok']} "
           f"changed={s['changed']} failed={s['failed']} in "
           f"{time.monotonic() - progress.started:.1f}s")
+    if 0 < s["changed"] <= 10:
+        for task in progress.changed_tasks:
+            print(f"    changed: {task}")
     if result.rc != 0:
-        for failure in progress.failures or ["(no task failed: see .cache/runner/artifacts)"]:
+        for failure in progress.failures:
             print(f"FAILED: {failure}", file=sys.stderr)
+        if not progress.failures:
+            print(result.stdout.read()[-3000:], file=sys.stderr)
         sys.exit(result.rc or 1)
     return progress
 
@@ -124,6 +129,8 @@ def main() -> None:
     p.add_argument("action", choices=["up", "down"])
     a = p.parse_args()
     os.chdir(ROOT)
+    # ansible-runner calls ansible-playbook from PATH: make it the one beside this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     up() if a.action == "up" else down()
 
 
