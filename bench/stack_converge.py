@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Stack converge benchmark: fresh-host converge time and no-op re-converge time.
+
+Boots one fresh test host (`default-bench`, 10.213.0.63, in every group), runs the `default`
+scenario's converge playbook against it twice through ansible-runner, and prints wall time plus
+ok/changed/failed counts per run (from the runner's event stream), then removes the host.
+
+    .venv/bin/python bench/stack_converge.py [--keep] [--playbook PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import ansible_runner
+
+ROOT = Path(__file__).resolve().parent.parent
+NAME, ADDRESS = "default-bench", "10.213.0.63"
+
+
+def testhost(*args: str) -> str:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "testhost"), *args], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def converge(private: Path, inventory: Path, playbook: Path) -> dict:
+    counts: Counter[str] = Counter()
+    changed_tasks: list[str] = []
+
+    def on_event(event: dict) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        if kind == "runner_on_ok":
+            counts["ok"] += 1
+            if data.get("res", {}).get("changed"):
+                counts["changed"] += 1
+                changed_tasks.append(data.get("task", "?"))
+        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+            counts["failed"] += 1
+        elif kind == "runner_on_skipped":
+            counts["skipped"] += 1
+        return True
+
+    env = {
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
+    }
+    started = time.monotonic()
+    result = ansible_runner.run(private_data_dir=str(private), playbook=str(playbook), inventory=str(inventory),
+                                envvars=env, event_handler=on_event, quiet=True)
+    return {"seconds": round(time.monotonic() - started, 1), "rc": result.rc, "status": result.status,
+            **{k: counts[k] for k in ("ok", "changed", "failed", "skipped")}, "changed_tasks": changed_tasks}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--playbook", default=str(ROOT / "molecule" / "default" / "converge.yml"))
+    parser.add_argument("--keep", action="store_true", help="leave the host running")
+    args = parser.parse_args()
+
+    key = testhost("key")
+    testhost("down", NAME) if NAME in testhost("list") else None
+    boot = time.monotonic()
+    testhost("up", NAME, ADDRESS)
+    boot_s = round(time.monotonic() - boot, 1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="stack-bench-") as tmp:
+            private = Path(tmp)
+            inventory = private / "hosts.yml"
+            # The converge playbook targets `default-stack`; point that name at the bench machine.
+            host = {"ansible_host": ADDRESS, "ansible_user": "root", "ansible_ssh_private_key_file": key,
+                    "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}
+            inv = {"all": {"vars": {"chatstack_secrets_dir": str(private / "secrets")},
+                           "children": {g: {"hosts": {"default-stack": host}} for g in ("web", "app", "redis", "mysql")}}}
+            inventory.write_text(json.dumps(inv))
+            prepare = ROOT / "molecule" / "shared" / "prepare.yml"
+            prep = converge(private, inventory, prepare)
+            first = converge(private, inventory, Path(args.playbook))
+            second = converge(private, inventory, Path(args.playbook))
+    finally:
+        if not args.keep:
+            testhost("down", NAME)
+    print(f"boot fresh host:        {boot_s:7.1f} s")
+    print(f"prepare (apt lists):    {prep['seconds']:7.1f} s")
+    for label, run in (("fresh converge", first), ("no-op re-converge", second)):
+        print(f"{label + ':':23s} {run['seconds']:7.1f} s  rc={run['rc']} ok={run['ok']} changed={run['changed']} "
+              f"failed={run['failed']} skipped={run['skipped']}")
+    if second["changed_tasks"]:
+        print("changed on re-converge: " + "; ".join(second["changed_tasks"]))
+    return 0 if first["rc"] == 0 and second["rc"] == 0 and second["changed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
