@@ -51,12 +51,12 @@ def _mask_phone(m: re.Match[str]) -> str:
     return digits[-11:-8] + "****" + digits[-4:]
 
 
-# Order matters: ID numbers and cards are longer digit runs that also contain phone-like pieces.
+# Order matters: ID numbers contain phone-like runs; a spaced "+86 138 …" would pass as a card.
 _RULES: dict[str, tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = {
     "email": (_EMAIL, _mask_email),
     "id_card": (_ID_CARD, _mask_id),
-    "bank_card": (_BANK_CARD, _mask_card),
     "phone": (_PHONE, _mask_phone),
+    "bank_card": (_BANK_CARD, _mask_card),
 }
 
 

@@ -29,7 +29,7 @@ async def _check(name: str, coro: Any, timeout: float = 3.0) -> tuple[str, dict[
         if detail:
             result.update(detail)
     except Exception as exc:
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:1000]}
     result["ms"] = round((time.perf_counter() - started) * 1000, 1)
     return name, result
 
