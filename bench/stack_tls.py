@@ -48,7 +48,7 @@ def run(kind):
                 todo[0] -= 1
             t = time.perf_counter()
             try:
-                conn.request("POST", "/chat", body, headers); r = conn.getresponse(); r.read()
+                conn.request("POST", "/api/v1/chat", body, headers); r = conn.getresponse(); r.read()
                 ok = r.status == 200
             except Exception:
                 ok = False; conn.close(); conn = make(kind)
