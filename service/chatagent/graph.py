@@ -72,11 +72,19 @@ def build_graph(services: Services) -> Any:
     async def load_memory(state: TurnState) -> dict[str, Any]:
         if state.get("history") is not None:  # stateless OpenAI call: history came with the request
             return {}
+        history: list[dict[str, Any]] = []
         try:
-            return {"history": await s.memory.history(state["session_id"])}
+            history = await s.memory.history(state["session_id"])
         except Exception as exc:
             log.error("session memory unavailable, answering without history: %s", exc)
-            return {"history": []}
+        if not history and s.store is not None:
+            # Redis expired or lost the session: MySQL still has the conversation.
+            try:
+                rows = await asyncio.to_thread(s.store.history, state["session_id"], s.settings.memory_max_turns * 2)
+                history = rows or []
+            except Exception as exc:
+                log.warning("MySQL history unavailable: %s", exc)
+        return {"history": history}
 
     async def classify(state: TurnState) -> dict[str, Any]:
         await s.knowledge.maybe_reload()

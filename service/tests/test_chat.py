@@ -135,3 +135,16 @@ def test_health_and_request_id_header(client) -> None:
     assert len(resp.headers["x-request-id"]) == 32
     echoed = client.get("/health", headers={"X-Request-Id": "abcdef123456"})
     assert echoed.headers["x-request-id"] == "abcdef123456"
+
+
+def test_history_survives_redis_loss(client_factory, fake_llm, redis_server) -> None:
+    # With the LLM provider the history sent upstream shows what memory the agent had.
+    fake_llm["mode"] = "ok"
+    client = client_factory(llm_provider="openai", llm_base_url=fake_llm["url"])
+    sid = ask(client, "How do I cancel an order?")["session_id"]
+    redis_server.client().delete(f"{client.settings.redis_prefix}:session:{sid}")
+    fake_llm["requests"].clear()
+    ask(client, "How do I get an invoice?", session_id=sid)
+    sent = fake_llm["requests"][-1]["messages"]
+    assert sent[1] == {"role": "user", "content": "How do I cancel an order?"}
+    assert sent[2]["role"] == "assistant" and sent[-1]["content"] == "How do I get an invoice?"
