@@ -72,6 +72,16 @@ def main() -> None:
         print("== /metrics (multiprocess)")
         files = sorted(p.name for p in prom.iterdir())
         print("   files:", files)
+        from prometheus_client.mmap_dict import MmapedDict
+
+        for name in files:
+            if name.startswith("counter_"):
+                per_pid: dict[str, float] = {}
+                for key, value, *_ in MmapedDict.read_all_values_from_file(str(prom / name)):
+                    _, sample, labels, _ = json.loads(key)
+                    if sample == "chatagent_requests_total":
+                        per_pid[labels["route"]] = per_pid.get(labels["route"], 0) + value
+                print(f"   worker pid {name[8:-3]} requests_total by route: {per_pid}")
         for _ in range(3):
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
             lines = [ln for ln in text.splitlines() if re.match(r'chatagent_(requests_total|chat_turns_total)\{', ln)
