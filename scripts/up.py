@@ -5,10 +5,14 @@ its error."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import ansible_runner
@@ -108,14 +112,64 @@ def run_playbook(playbook: Path, label: str, limit: str | None = None) -> Progre
     return progress
 
 
+def sandbox_vars() -> dict:
+    return yaml.safe_load((INVENTORY / "group_vars" / "web.yml").read_text())
+
+
+def acme_root(secrets: Path, acme_address: str) -> Path:
+    """Pebble makes a new root at every start and serves it on its management port; the endpoint
+    itself is trusted through the CA the pebble role fetched to the controller."""
+    ctx = ssl.create_default_context(cafile=str(secrets / "acme-ca.pem"))
+    with urllib.request.urlopen(f"https://{acme_address}:15000/roots/0", context=ctx,
+                                timeout=10) as r:
+        root = secrets / "acme-root.pem"
+        root.write_bytes(r.read())
+    return root
+
+
+def show_answer(question: str) -> None:
+    """Ask the stack one question over HTTPS through nginx, verifying the certificate against the
+    ACME server's root, and print the answer with its sources."""
+    hosts = sandbox_hosts()
+    secrets = INVENTORY / ".secrets"
+    key_file = secrets / "agent" / "api_key"
+    domain = sandbox_vars()["chatstack_domains"][0]
+    root = acme_root(secrets, hosts["sandbox-acme"])
+    key = key_file.read_text().split()[0]
+    url = f"https://{domain}/api/v1/chat"
+    curl = ["curl", "-sS", "--fail-with-body", "--resolve", f"{domain}:443:{hosts['sandbox']}",
+            "--cacert", str(root), "-H", f"Authorization: Bearer {key}",
+            "-H", "Content-Type: application/json"]
+    body = json.dumps({"message": question}, ensure_ascii=False)
+    res = subprocess.run([*curl, "-d", body, url], capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"chat request failed: {res.stderr or res.stdout}", file=sys.stderr)
+        sys.exit(1)
+    reply = json.loads(res.stdout)
+    print(f"\nQ: {question}\nA: {reply['answer']}")
+    for src in reply.get("sources", []):
+        print(f"   source: {src['id']}  {src['title']}  (score {src['score']:.2f})")
+    print(f"   session {reply['session_id']}, intent {reply['intent']}, served over TLS by "
+          f"{domain}, certificate verified against the ACME root {root}")
+    shown = shlex.join(curl).replace(shlex.quote(f"Authorization: Bearer {key}"),
+                                     '"Authorization: Bearer $KEY"')
+    print(f"""
+Keep chatting:
+  KEY=$(cat {key_file})
+  {shown} -d '{{"message": "我的订单什么时候发货？", "session_id": "{reply['session_id']}"}}' {url}
+With the openai SDK (pip install openai), on a machine that resolves {domain} to {hosts['sandbox']}:
+  SSL_CERT_FILE={root} python3 -c "import openai; c = openai.OpenAI(base_url='https://{domain}/v1', api_key='$KEY'); print(c.chat.completions.create(model='chatagent', messages=[{{'role': 'user', 'content': 'How do I get an invoice?'}}]).choices[0].message.content)"
+""")
+
+
 def up() -> None:
     started = time.monotonic()
     for name, address in sandbox_hosts().items():
         subprocess.run([str(TESTHOST), "up", name, address], check=True)
     run_playbook(ROOT / "molecule" / "shared" / "prepare.yml", "prepare")
     run_playbook(ROOT / "site.yml", "site.yml")
-    smoke = ROOT / "playbooks" / "sandbox-smoke.yml"
-    run_playbook(smoke, "smoke")
+    run_playbook(ROOT / "playbooks" / "sandbox-smoke.yml", "smoke")
+    show_answer("How do I get an invoice?")
     print(f"make up: done in {time.monotonic() - started:.0f}s")
 
 
