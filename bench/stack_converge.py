@@ -79,7 +79,8 @@ def main() -> int:
             # The converge playbook targets `default-stack`; point that name at the bench machine.
             host = {"ansible_host": ADDRESS, "ansible_user": "root", "ansible_ssh_private_key_file": key,
                     "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}
-            inv = {"all": {"vars": {"chatstack_secrets_dir": str(private / "secrets")},
+            # A benchmark host: lift the per-client rate limit so bench/stack_tls.py measures throughput.
+            inv = {"all": {"vars": {"chatstack_secrets_dir": str(private / "secrets"), "agent_rate_limit": "1000000/minute"},
                            "children": {g: {"hosts": {"default-stack": host}} for g in ("web", "app", "redis", "mysql")}}}
             inventory.write_text(json.dumps(inv))
             prepare = ROOT / "molecule" / "shared" / "prepare.yml"

@@ -39,7 +39,7 @@ def make(kind):
     return UnixConn(env.get("CHATAGENT_BIND", "unix:/run/chatagent/gunicorn.sock")[5:])
 
 def run(kind):
-    lat, errors, lock, todo = [], [0], threading.Lock(), [N]
+    lat, errors, limited, lock, todo = [], [0], [0], threading.Lock(), [N]
     def worker():
         conn = make(kind)
         while True:
@@ -50,6 +50,8 @@ def run(kind):
             try:
                 conn.request("POST", "/api/v1/chat", body, headers); r = conn.getresponse(); r.read()
                 ok = r.status == 200
+                if r.status == 429:
+                    limited[0] += 1
             except Exception:
                 ok = False; conn.close(); conn = make(kind)
             with lock:
@@ -61,7 +63,7 @@ def run(kind):
     wall = time.perf_counter() - start
     lat.sort()
     pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
-    print(json.dumps({"path": kind, "requests": N, "ok": len(lat), "errors": errors[0], "rps": round(len(lat) / wall, 1),
+    print(json.dumps({"path": kind, "requests": N, "ok": len(lat), "errors": errors[0], "rate_limited_429": limited[0], "rps": round(len(lat) / wall, 1),
                       "p50_ms": round(pct(0.5), 1), "p95_ms": round(pct(0.95), 1), "p99_ms": round(pct(0.99), 1)}))
 
 try:
@@ -99,7 +101,7 @@ def main() -> int:
     # The first round of each path warms up caches (embedding cache in Redis, TLS sessions); report the second.
     final = {row["path"]: row for row in rows}
     for row in rows:
-        print(f"{row['path']:9s} ok={row['ok']}/{row['requests']} errors={row['errors']} {row['rps']:7.1f} req/s  "
+        print(f"{row['path']:9s} ok={row['ok']}/{row['requests']} errors={row['errors']} (429: {row['rate_limited_429']}) {row['rps']:7.1f} req/s  "
               f"p50={row['p50_ms']} ms p95={row['p95_ms']} ms p99={row['p99_ms']} ms")
     if "tls" in final and "gunicorn" in final and final["gunicorn"]["rps"]:
         print(f"nginx+TLS / direct gunicorn throughput: {final['tls']['rps'] / final['gunicorn']['rps']:.2f}")
