@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 
 # The whole stack takes longest and needs the others' roles: last.
-SCENARIO_ORDER = ["harness", "base", "firewall", "data", "web", "default"]
+SCENARIO_ORDER = ["harness", "base", "firewall", "data", "web", "default", "noble"]
 
 
 def scenarios() -> list[str]:
