@@ -14,8 +14,9 @@ export PY_COLORS := 0
 APT_PACKAGES := python3 python3-venv git make curl openssl systemd-container debootstrap \
 	nftables openssh-client iproute2 $(shell cat service/requirements-apt.txt 2>/dev/null)
 SCENARIOS := $(shell ls -d molecule/*/molecule.yml 2>/dev/null | cut -d/ -f2)
+# The steps of `make test` (lint, syntax, service, scenarios) live in scripts/test.py.
 
-.PHONY: help deps apt venv up down test test-fast lint syntax test-service molecule molecule-all clean
+.PHONY: help deps apt venv up down test test-fast molecule clean
 
 help:
 	@echo "make up        bring up the whole stack on a local sandbox host and show a chat answer"
@@ -55,22 +56,8 @@ test: deps
 test-fast: deps
 	$(VENV)/bin/python scripts/test.py
 
-lint: venv
-	yamllint -s .
-	ansible-lint --profile production
-
-syntax: venv
-	ansible-playbook --syntax-check -i inventories/sandbox site.yml
-	ansible-playbook --syntax-check -i inventories/production site.yml
-
-test-service:
-	bash service/scripts/test.sh
-
 molecule: deps
 	cd $(ROOT) && molecule test -s $(S)
-
-molecule-all: deps
-	@for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
 
 clean: down
 	rm -rf $(ROOT)/.cache

@@ -91,6 +91,18 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(60)
 
 
+def start_backends(work: Path, embedder: str) -> tuple[RedisServer, MariaDBServer, Path]:
+    """Throwaway redis-server and migrated mariadbd under `work`, and the sample KB built there."""
+    redis_srv, maria = RedisServer(work / "redis"), MariaDBServer(work / "mariadb")
+    redis_srv.start()
+    maria.install()
+    MySQLStore({"host": "127.0.0.1", "port": maria.port, "user": maria.user, "password": maria.password,
+                "database": maria.database}).migrate()
+    kb_dir = work / "kb"
+    build_kb(SERVICE / "kb" / "sample", kb_dir, make_embedder(Settings(_env_file=None, embedder=embedder)))
+    return redis_srv, maria, kb_dir
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=400)
@@ -99,13 +111,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-chat-"))
-    redis_srv, maria = RedisServer(work / "redis"), MariaDBServer(work / "mariadb")
-    redis_srv.start()
-    maria.install()
-    MySQLStore({"host": "127.0.0.1", "port": maria.port, "user": maria.user, "password": maria.password,
-                "database": maria.database}).migrate()
-    kb_dir = work / "kb"
-    build_kb(SERVICE / "kb" / "sample", kb_dir, make_embedder(Settings(_env_file=None, embedder=args.embedder)))
+    redis_srv, maria, kb_dir = start_backends(work, args.embedder)
 
     port = free_port()
     prom = work / "prom"

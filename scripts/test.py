@@ -7,6 +7,7 @@ when any step fails or when no step ran at all."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def optional_distros(scenario: str) -> set[str]:
     return {p.get("image", "debian12") for p in conf.get("platforms", [])} - {"debian12"}
 
 
+@functools.cache
 def archive_answers(distro: str) -> bool:
     return subprocess.run([str(ROOT / "scripts" / "testhost"), "probe", "--distro", distro],
                           cwd=ROOT).returncode == 0
