@@ -3,20 +3,27 @@
 SHELL := /bin/bash
 ROOT := $(CURDIR)
 VENV := $(ROOT)/.venv
-export PATH := $(VENV)/bin:$(PATH)
+# promtool/amtool for `make test` (alert rule unit tests, Alertmanager config check), unpacked from
+# Debian's packages (apt-get download) so that no Prometheus service starts on this machine.
+TOOLS := $(ROOT)/.cache/tools
+export PATH := $(VENV)/bin:$(TOOLS)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export ANSIBLE_ROLES_PATH := $(ROOT)/roles
+# Molecule writes its own ansible.cfg: shared filter plugins come through the environment.
+export ANSIBLE_FILTER_PLUGINS := $(ROOT)/plugins/filter
 export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 
-# Controller packages: test hosts (nspawn, debootstrap, nft), the venv, and what the service tests
-# start (service/requirements-apt.txt).
+# Controller packages: test hosts (nspawn, debootstrap, nft), the venv, the web chat's browser check
+# (chromium, its driver, a CJK font for readable screenshots) and what the service tests start
+# (service/requirements-apt.txt).
 APT_PACKAGES := python3 python3-venv git make curl openssl systemd-container debootstrap \
-	nftables openssh-client iproute2 $(shell cat service/requirements-apt.txt 2>/dev/null)
+	nftables openssh-client iproute2 chromium chromium-driver fonts-wqy-microhei \
+	$(shell cat service/requirements-apt.txt 2>/dev/null)
 SCENARIOS := $(shell ls -d molecule/*/molecule.yml 2>/dev/null | cut -d/ -f2)
 # The steps of `make test` (lint, syntax, service, scenarios) live in scripts/test.py.
 
-.PHONY: help deps apt venv up down test test-fast molecule clean
+.PHONY: help deps apt venv tools up down test test-fast molecule clean
 
 help:
 	@echo "make up        bring up the whole stack on a local sandbox host and show a chat answer"
@@ -25,7 +32,7 @@ help:
 	@echo "make test-fast the same without molecule"
 	@echo "make molecule S=<scenario>   one scenario: $(SCENARIOS)"
 
-deps: apt venv
+deps: apt venv tools
 
 apt:
 	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null \
@@ -44,6 +51,17 @@ $(VENV)/.stamp: requirements.txt
 	$(VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
+tools: $(TOOLS)/.stamp
+
+$(TOOLS)/.stamp:
+	rm -rf $(TOOLS) && mkdir -p $(TOOLS)/debs $(TOOLS)/bin
+	cd $(TOOLS)/debs && { apt-get download -q prometheus prometheus-alertmanager 2>/dev/null \
+		|| { apt-get update -qq && apt-get download -q prometheus prometheus-alertmanager 2>/dev/null; }; }
+	for deb in $(TOOLS)/debs/*.deb; do dpkg-deb -x $$deb $(TOOLS)/root; done
+	cp $(TOOLS)/root/usr/bin/promtool $(TOOLS)/root/usr/bin/amtool $(TOOLS)/bin/
+	rm -rf $(TOOLS)/debs $(TOOLS)/root
+	touch $@
+
 up: deps
 	$(VENV)/bin/python scripts/up.py up
 
@@ -57,7 +75,7 @@ test-fast: deps
 	$(VENV)/bin/python scripts/test.py
 
 molecule: deps
-	cd $(ROOT) && molecule test -s $(S)
+	cd $(ROOT) && flock /tmp/chatstack-molecule-$(S).lock molecule test -s $(S)
 
 clean: down
 	rm -rf $(ROOT)/.cache

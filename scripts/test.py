@@ -1,12 +1,17 @@
 """`make test`: every check in one run, ending in one summary line.
 
 Steps: yamllint, ansible-lint (production profile), syntax check of site.yml against both
-inventories, the service's pytest suite, then (with --molecule) every molecule scenario. A step's
-output streams as it runs; the closing line names each step with its result and time. The run fails
-when any step fails or when no step ran at all."""
+inventories, the filter plugins' unit tests (tests/unit), the monitoring role's alert rules (promtool
+check rules, promtool test rules) and its Prometheus/Alertmanager configuration rendered for a
+multi-host inventory (promtool check config, amtool check-config), the service's pytest suite, then
+(with --molecule) every molecule scenario. A step's
+output streams as it runs; scenarios run in --jobs lanes side by side (each has its own machines and
+addresses), and a scenario's log is printed whole when it ends. The closing line names each step with
+its result and time. The run fails when any step fails or when no step ran at all."""
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import os
 import subprocess
@@ -18,9 +23,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
+TOOLS_BIN = ROOT / ".cache" / "tools" / "bin"  # promtool, amtool (`make tools`)
+MONITORING = ROOT / "roles" / "monitoring"
 
-# The whole stack takes longest and needs the others' roles: last.
-SCENARIO_ORDER = ["harness", "base", "firewall", "data", "web", "default", "noble"]
+# Longest first, so that the lanes finish close together; the quick harness check runs last.
+SCENARIO_ORDER = ["multihost", "noble", "default", "monitoring", "data", "firewall", "web", "base",
+                  "harness"]
+LOGS = ROOT / ".cache" / "test-logs"
 
 
 def scenarios() -> list[str]:
@@ -66,10 +75,24 @@ def check_leftovers(before: dict, results: list[tuple[str, str, float]]) -> None
     print(f"<== harness:leftovers: {status}", flush=True)
 
 
-def step(name: str, cmd: list[str], results: list[tuple[str, str, float]]) -> bool:
-    print(f"\n==> {name}: {' '.join(cmd)}", flush=True)
+def scenario_cmd(scenario: str) -> list[str]:
+    """`molecule test` under a per-scenario lock: machine names and addresses belong to the
+    scenario, so two checkouts on one machine must not boot the same scenario at once."""
+    return ["flock", f"/tmp/chatstack-molecule-{scenario}.lock", "molecule", "test", "-s", scenario]
+
+
+def step(name: str, cmd: list[str], results: list[tuple[str, str, float]],
+         log: Path | None = None) -> bool:
+    """Run one step; with `log`, its output goes to that file and is printed whole at the end, so
+    that steps running side by side do not interleave."""
+    print(f"\n==> {name}: {' '.join(cmd)}" + (f" (log: {log})" if log else ""), flush=True)
     started = time.monotonic()
-    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    if log is None:
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+    else:
+        with log.open("w") as out:
+            rc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+        print(f"\n==> {name}: output\n{log.read_text(errors='replace')}", flush=True)
     took = time.monotonic() - started
     status = "ok" if rc == 0 else f"FAILED(rc={rc})"
     results.append((name, status, took))
@@ -81,10 +104,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--molecule", action="store_true", help="also run every molecule scenario")
     p.add_argument("--only", nargs="*", help="molecule scenarios to run (default: all)")
+    p.add_argument("--jobs", type=int, default=int(os.environ.get("CHATSTACK_TEST_JOBS", "2")),
+                   help="scenarios run side by side (default 2, env CHATSTACK_TEST_JOBS)")
     a = p.parse_args()
-    os.environ["PATH"] = f"{VENV_BIN}:{os.environ['PATH']}"
+    os.environ["PATH"] = f"{VENV_BIN}:{TOOLS_BIN}:{os.environ['PATH']}"
     os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
     os.environ.setdefault("ANSIBLE_ROLES_PATH", str(ROOT / "roles"))
+    os.environ.setdefault("ANSIBLE_FILTER_PLUGINS", str(ROOT / "plugins" / "filter"))
     os.environ.setdefault("PY_COLORS", "0")
     os.environ.setdefault("ANSIBLE_FORCE_COLOR", "0")
 
@@ -95,18 +121,30 @@ def main() -> int:
     for inv in ("sandbox", "production"):
         step(f"syntax:{inv}", ["ansible-playbook", "--syntax-check", "-i",
                                 f"inventories/{inv}", "site.yml"], results)
+    step("plugins:unit", ["pytest", "-q", "tests/unit"], results)
+    step("monitoring:rules-check", ["promtool", "check", "rules",
+                                    str(MONITORING / "files" / "rules" / "chatstack.rules.yml")], results)
+    step("monitoring:rules-test", ["promtool", "test", "rules",
+                                   str(MONITORING / "tests" / "chatstack.rules.test.yml")], results)
+    step("monitoring:configs", ["ansible-playbook", "-i", str(MONITORING / "tests" / "inventory.yml"),
+                                str(MONITORING / "tests" / "render.yml")], results)
     if (ROOT / "service" / "scripts" / "test.sh").exists():
         step("service", ["bash", "service/scripts/test.sh"], results)
     if a.molecule:
         before = host_network_state()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        runnable = []
         for s in a.only or scenarios():
             down = [d for d in sorted(optional_distros(s)) if not archive_answers(d)]
             if down:
                 print(f"\n==> molecule:{s}: SKIPPED: the {', '.join(down)} archive does not "
                       "answer (optional platform)", flush=True)
                 results.append((f"molecule:{s}", "skipped", 0.0))
-                continue
-            step(f"molecule:{s}", ["molecule", "test", "-s", s], results)
+            else:
+                runnable.append(s)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+            list(pool.map(lambda s: step(f"molecule:{s}", scenario_cmd(s), results,
+                                         log=LOGS / f"molecule-{s}.log"), runnable))
         check_leftovers(before, results)
 
     failed = [r for r in results if r[1] not in ("ok", "skipped")]

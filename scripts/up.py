@@ -91,7 +91,8 @@ def run_playbook(playbook: Path, label: str, limit: str | None = None) -> Progre
         inventory=str(INVENTORY / "hosts.yml"),
         limit=limit,
         envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-                 "ANSIBLE_ROLES_PATH": str(ROOT / "roles")},
+                 "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+                 "ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins" / "filter")},
         event_handler=progress,
         quiet=True,
     )
@@ -162,6 +163,46 @@ With the openai SDK (pip install openai), on a machine that resolves {domain} to
 """)
 
 
+def show_monitoring() -> None:
+    """Prometheus and Alertmanager listen on the monitoring host's loopback only: print the SSH
+    tunnel that opens their UIs here."""
+    groups = yaml.safe_load((INVENTORY / "hosts.yml").read_text())["all"]["children"]
+    monitoring = sorted((groups.get("monitoring") or {}).get("hosts") or {})
+    if not monitoring:
+        return
+    host = sandbox_hosts()[monitoring[0]]
+    key = Path.home() / ".cache" / "chatstack" / "ssh" / "id_ed25519"
+    print(f"""Monitoring (Prometheus and Alertmanager on {monitoring[0]}, loopback only):
+  ssh -i {key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \\
+      -N -L 9090:127.0.0.1:9090 -L 9093:127.0.0.1:9093 root@{host}
+  then open http://127.0.0.1:9090/alerts (Prometheus) and http://127.0.0.1:9093 (Alertmanager);
+  Grafana users import roles/monitoring/files/grafana/chatstack.json.
+""")
+
+
+def show_webchat() -> None:
+    """Where a browser finds the customer web chat when the inventory turns public mode on; the page
+    is fetched once over verified TLS so the URL printed is known to work."""
+    shared = yaml.safe_load((INVENTORY / "group_vars" / "all.yml").read_text()) or {}
+    if not shared.get("chatstack_public_chat"):
+        return
+    domain = sandbox_vars()["chatstack_domains"][0]
+    address = sandbox_hosts()["sandbox"]
+    root = INVENTORY / ".secrets" / "acme-root.pem"
+    url = f"https://{domain}/chat/"
+    res = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--resolve", f"{domain}:443:{address}",
+                          "--cacert", str(root), url], capture_output=True, text=True)
+    if res.stdout != "200":
+        print(f"web chat page not served: {res.stdout} {res.stderr}", file=sys.stderr)
+        sys.exit(1)
+    print(f"""Web chat for customers (no API key): {url}
+  resolve {domain} to {address} (e.g. in /etc/hosts) and trust {root}, or:
+  chromium --host-resolver-rules="MAP {domain} {address}" --ignore-certificate-errors {url}
+  On a shop's page (list its origin in agent_public_allowed_origins):
+  <script src="https://{domain}/chat/chat.js" async></script>
+""")
+
+
 def up() -> None:
     started = time.monotonic()
     for name, address in sandbox_hosts().items():
@@ -170,6 +211,8 @@ def up() -> None:
     run_playbook(ROOT / "site.yml", "site.yml")
     run_playbook(ROOT / "playbooks" / "sandbox-smoke.yml", "smoke")
     show_answer("How do I get an invoice?")
+    show_monitoring()
+    show_webchat()
     print(f"make up: done in {time.monotonic() - started:.0f}s")
 
 

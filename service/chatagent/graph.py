@@ -1,25 +1,28 @@
-"""The agent: a LangGraph StateGraph  load_memory → classify → (retrieve) → answer → persist."""
+"""The agent: a LangGraph StateGraph  classify → (retrieve) → answer, and the chat turn around it
+(`begin_turn`: session history, request-id claim; `Turn`: runs the graph, stores the turn, and is the one
+place graph state becomes the API answer)."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, TypedDict
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypedDict
 
-import numpy as np
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 
-from .knowledge import HANDOFF_INTENT, Hit, KnowledgeStore, QueryEncoder, detect_lang
-from .llm import TEXTS, AnswerProvider, ExtractiveProvider, LLMError
+from .knowledge import HANDOFF_INTENT, Hit, KnowledgeStore, QueryEncoder, detect_lang, retrieval_vector
+from .llm import AnswerProvider, ExtractiveProvider, LLMError
 from .masking import Masker
-from .memory import Memory
 from .metrics import Metrics
+from .sessions import SessionRepository, SessionsUnavailable
 from .settings import Settings
-from .store import MySQLStore, PendingQueue
+from .store import MySQLStore, PendingQueue, Source, StoredMessage, TurnWrite
+from .turns import Claim, TurnLedger, TurnResult, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,8 @@ HANDOFF_OFFER = {
     "en": "\n\nIf this doesn't answer your question, I can connect you with a human agent.",
     "zh": "\n\n如果以上内容没有解决您的问题，我可以为您转接人工客服。",
 }
+
+HandoffReason = Literal["explicit", "no_answer", "low_confidence"]
 
 
 @dataclass
@@ -36,14 +41,19 @@ class Services:
     settings: Settings
     metrics: Metrics
     masker: Masker
-    memory: Memory
     redis: Any | None
     store: MySQLStore | None
     pending: PendingQueue
+    sessions: SessionRepository
+    turns: TurnLedger
     encoder: QueryEncoder
     knowledge: KnowledgeStore
     provider: AnswerProvider
     graph: Any = None
+
+
+class UnknownSession(LookupError):
+    """A turn named a session that no backend knows."""
 
 
 class TurnState(TypedDict, total=False):
@@ -53,38 +63,27 @@ class TurnState(TypedDict, total=False):
     message: str
     lang: str
     persist: bool
-    history: list[dict[str, Any]] | None
+    fingerprint: str
+    history: list[dict[str, Any]]
     vector: Any
-    intent: str
+    # The classifier's intent when it is confident; None when it is not.
+    label: str | None
     confidence: float
-    explicit_handoff: bool
+    # The user asked for a person ("转人工"): answered with a handoff, no retrieval.
+    asked_for_human: bool
     hits: list[Hit]
     answer: str
+    # Why a person is offered in this answer, if one is.
+    handoff: HandoffReason | None
+    # What the API reports: the label, or "handoff" whenever a person is offered.
+    intent: str
     provider: str
     llm_error: str | None
-    stored: str
 
 
 def build_graph(services: Services) -> Any:
     s = services
     extractive = ExtractiveProvider()
-
-    async def load_memory(state: TurnState) -> dict[str, Any]:
-        if state.get("history") is not None:  # stateless OpenAI call: history came with the request
-            return {}
-        history: list[dict[str, Any]] = []
-        try:
-            history = await s.memory.history(state["session_id"])
-        except Exception as exc:
-            log.error("session memory unavailable, answering without history: %s", exc)
-        if not history and s.store is not None:
-            # Redis expired or lost the session: MySQL still has the conversation.
-            try:
-                rows = await asyncio.to_thread(s.store.history, state["session_id"], s.settings.memory_max_turns * 2)
-                history = rows or []
-            except Exception as exc:
-                log.warning("MySQL history unavailable: %s", exc)
-        return {"history": history}
 
     async def classify(state: TurnState) -> dict[str, Any]:
         await s.knowledge.maybe_reload()
@@ -92,18 +91,21 @@ def build_graph(services: Services) -> Any:
         vector = await s.encoder.encode(state["message"])
         s.metrics.retrieval_duration.observe(time.perf_counter() - started)
         kb = s.knowledge.kb
-        if kb is None:
-            intent, confidence, explicit = HANDOFF_INTENT, 0.0, False
-        else:
-            result = kb.classify(vector, s.settings.effective_intent_confidence)
-            intent, confidence = result.name, result.confidence
-            # The label "handoff" won on its own merit: the user asked for a person.
-            explicit = intent == HANDOFF_INTENT and confidence >= s.settings.effective_intent_confidence
-        get_stream_writer()({"meta": {"intent": intent, "confidence": confidence}})
-        return {"vector": vector, "intent": intent, "confidence": confidence, "explicit_handoff": explicit}
+        threshold = s.settings.effective_intent_confidence
+        label: str | None = None
+        confidence = 0.0
+        if kb is not None:
+            result = kb.classify(vector, threshold)
+            confidence = result.confidence
+            # The KB names "handoff" both when that label won and when nothing was confident enough.
+            if result.name != HANDOFF_INTENT or confidence >= threshold:
+                label = result.name
+        get_stream_writer()({"meta": {"intent": label or HANDOFF_INTENT, "confidence": confidence}})
+        return {"vector": vector, "label": label, "confidence": confidence,
+                "asked_for_human": label == HANDOFF_INTENT}
 
     def route(state: TurnState) -> str:
-        if state.get("explicit_handoff") or state.get("intent") == "greeting":
+        if state["asked_for_human"] or state["label"] == "greeting":
             return "answer"
         return "retrieve"
 
@@ -111,23 +113,29 @@ def build_graph(services: Services) -> Any:
         kb = s.knowledge.kb
         if kb is None:
             return {"hits": []}
-        vector: np.ndarray = state["vector"]
-        hits = kb.search(vector, s.settings.top_k, s.settings.effective_min_score)
-        return {"hits": hits}
+        vector = await retrieval_vector(s.encoder, state["message"], state.get("history"), state["vector"])
+        return {"hits": kb.search(vector, s.settings.top_k, s.settings.effective_min_score, state["lang"])}
 
     async def answer(state: TurnState) -> dict[str, Any]:
         writer = get_stream_writer()
         hits = state.get("hits") or []
         lang = state["lang"]
-        intent = state["intent"]
+        label = state["label"]
         history = state.get("history") or []
+        handoff: HandoffReason | None = None
+        if state["asked_for_human"]:
+            handoff = "explicit"
+        elif not hits and label != "greeting":
+            handoff = "no_answer"
+        elif hits and label is None:
+            handoff = "low_confidence"
+        # Providers word a fixed reply from this: greeting, a requested handoff, or "no passage".
+        reply_kind = HANDOFF_INTENT if handoff == "explicit" else (label or "unknown")
         parts: list[str] = []
         provider_name = s.provider.name
         llm_error = None
-        if intent == HANDOFF_INTENT and not state.get("explicit_handoff"):
-            intent = "unknown"  # low confidence: answer from passages or say we don't know
         try:
-            async for token in s.provider.stream(state["message"], history, hits, lang, intent):
+            async for token in s.provider.stream(state["message"], history, hits, lang, reply_kind):
                 parts.append(token)
                 writer({"token": token})
         except LLMError as exc:
@@ -138,103 +146,149 @@ def build_graph(services: Services) -> Any:
             if parts:
                 parts.append("\n\n")
                 writer({"token": "\n\n"})
-            async for token in extractive.stream(state["message"], history, hits, lang, intent):
+            async for token in extractive.stream(state["message"], history, hits, lang, reply_kind):
                 parts.append(token)
                 writer({"token": token})
-        intent = state["intent"]
-        if intent == HANDOFF_INTENT and hits:
+        if handoff == "low_confidence":
             offer = HANDOFF_OFFER.get(lang, HANDOFF_OFFER["en"])
             parts.append(offer)
             writer({"token": offer})
-        if not hits and intent != "greeting":
-            s.metrics.handoffs.labels(reason="explicit" if state.get("explicit_handoff") else "no_answer").inc()
-            if intent != HANDOFF_INTENT:
-                intent = HANDOFF_INTENT
-        elif intent == HANDOFF_INTENT:
-            s.metrics.handoffs.labels(reason="low_confidence").inc()
+        if handoff:
+            s.metrics.handoffs.labels(reason=handoff).inc()
+        intent = HANDOFF_INTENT if handoff else str(label)
         s.metrics.chat_turns.labels(intent=intent, provider=provider_name).inc()
-        return {"answer": "".join(parts), "provider": provider_name, "llm_error": llm_error, "intent": intent}
-
-    async def persist(state: TurnState) -> dict[str, Any]:
-        if not state.get("persist", True):
-            return {"stored": "none"}
-        now = time.time()
-        mask = s.masker
-        sources = [{"id": h.id, "title": h.title, "score": h.score} for h in state.get("hits") or []]
-        messages = [
-            {"role": "user", "content": mask(state["message"]), "ts": now, "request_id": state["request_id"]},
-            {
-                "role": "assistant", "content": mask(state["answer"]), "ts": now, "request_id": state["request_id"],
-                "intent": state["intent"], "sources": sources,
-            },
-        ]
-        try:
-            await s.memory.append(state["session_id"], messages)
-            await s.memory.remember_request(state["request_id"], state["session_id"])
-        except Exception as exc:
-            log.error("session memory write failed: %s", exc)
-        op = {
-            "kind": "turn", "session_id": state["session_id"], "user_id": state.get("user_id"),
-            "request_id": state["request_id"], "ts": now, "messages": messages,
-        }
-        return {"stored": await save_op(s, op)}
+        return {"answer": "".join(parts), "provider": provider_name, "llm_error": llm_error, "intent": intent,
+                "handoff": handoff}
 
     g = StateGraph(TurnState)
-    g.add_node("load_memory", load_memory)
     g.add_node("classify", classify)
     g.add_node("retrieve", retrieve)
     g.add_node("answer", answer)
-    g.add_node("persist", persist)
-    g.add_edge(START, "load_memory")
-    g.add_edge("load_memory", "classify")
+    g.add_edge(START, "classify")
     g.add_conditional_edges("classify", route, {"retrieve": "retrieve", "answer": "answer"})
     g.add_edge("retrieve", "answer")
-    g.add_edge("answer", "persist")
-    g.add_edge("persist", END)
+    g.add_edge("answer", END)
     return g.compile()
 
 
-async def save_op(s: Services, op: dict[str, Any]) -> str:
-    """Write to MySQL now, or queue it for the flusher; returns where it went."""
-    if s.store is None:
-        return "none"
-    try:
-        await asyncio.to_thread(s.store.apply, op)
-        return "mysql"
-    except Exception as exc:
-        log.error("MySQL write failed, queued for replay: %s", exc)
-        s.metrics.pending_writes.labels(kind=op["kind"]).inc()
-        await s.pending.push(op)
-        return "pending"
+async def persist(s: Services, state: dict[str, Any]) -> bool:
+    """Store the answered turn: session memory with its request-id record, and MySQL. True when the
+    session memory has it (then a retry finds the record)."""
+    if not state.get("persist", True):
+        return False
+    now = time.time()
+    mask = s.masker
+    result = result_of(state)
+    # What is stored (and replayed to a retry) is masked, like everything else at rest.
+    answer = mask(state["answer"])
+    rid = state["request_id"]
+    turn = TurnWrite(
+        session_id=state["session_id"], user_id=state.get("user_id"), request_id=rid, ts=now,
+        messages=[
+            StoredMessage(role="user", content=mask(state["message"]), ts=now, request_id=rid),
+            StoredMessage(role="assistant", content=answer, ts=now, request_id=rid, intent=state["intent"],
+                          sources=result.sources),
+        ],
+    )
+    remembered, _ = await s.sessions.add_turn(turn, replace(result, answer=answer).record(state["fingerprint"]))
+    return remembered
 
 
-async def run_turn(s: Services, *, message: str, session_id: str, request_id: str, user_id: str | None = None,
-                   history: list[dict[str, Any]] | None = None, persist: bool = True
-                   ) -> AsyncIterator[tuple[str, Any]]:
-    """Drive the graph, yielding ("meta", dict), ("token", str) as they happen and ("final", state) last."""
+def result_of(state: dict[str, Any]) -> TurnResult:
+    """The one translation from graph state to what every endpoint answers."""
+    return TurnResult(
+        request_id=state["request_id"], session_id=state["session_id"], answer=state["answer"],
+        intent=state["intent"], confidence=state.get("confidence"),
+        sources=[Source(id=h.id, title=h.title, score=h.score) for h in state.get("hits") or []],
+    )
+
+
+@dataclass
+class Turn:
+    """A chat turn about to run, or the earlier answer to the same request id (a retry)."""
+
+    services: Services
+    state: TurnState
+    claim: Claim | None = None
+    replay: TurnResult | None = None
+    remembered: bool = False
+
+    @property
+    def session_id(self) -> str:
+        return self.replay.session_id if self.replay else self.state["session_id"]
+
+    async def events(self) -> AsyncIterator[tuple[str, Any]]:
+        """("meta", dict), ("token", str) as they happen, then ("final", TurnResult)."""
+        if self.replay is not None:
+            r = self.replay
+            yield "meta", {"intent": r.intent, "confidence": r.confidence, "replayed": True}
+            yield "token", r.answer
+            yield "final", r
+            return
+        final: dict[str, Any] = dict(self.state)
+        async with self._claimed():
+            async for mode, chunk in self.services.graph.astream(self.state, stream_mode=["custom", "values"]):
+                if mode == "custom":
+                    if "meta" in chunk:
+                        yield "meta", chunk["meta"]
+                    elif "token" in chunk:
+                        yield "token", chunk["token"]
+                else:
+                    final = chunk
+            self.remembered = await persist(self.services, final)
+        yield "final", result_of(final)
+
+    async def result(self) -> TurnResult:
+        """The answer without intermediate events (cheaper: the graph does not stream)."""
+        if self.replay is not None:
+            return self.replay
+        async with self._claimed():
+            final = await self.services.graph.ainvoke(self.state)
+            self.remembered = await persist(self.services, final)
+        return result_of(final)
+
+    @contextlib.asynccontextmanager
+    async def _claimed(self) -> AsyncIterator[None]:
+        """Holds the request-id claim while the turn runs; gives it back if the turn was not stored."""
+        self.remembered = False
+        try:
+            yield
+        finally:
+            if self.claim is not None:
+                await self.services.turns.end(self.claim, answered=self.remembered)
+
+
+async def begin_turn(s: Services, *, message: str, session_id: str | None, request_id: str,
+                     identity: str | None = None, user_id: str | None = None,
+                     history: list[dict[str, Any]] | None = None, persist: bool = True,
+                     must_exist: bool = False) -> Turn:
+    """Prepare a turn: the session's history (unless given) and the claim on `request_id`.
+
+    `session_id` None starts a new session. `must_exist` raises UnknownSession when no backend
+    knows `session_id`. Raises RequestIdConflict / TurnInFlight (turns.py) for a reused request id.
+    A retry of an answered request gets a Turn that replays the stored answer. Stateless turns
+    (`persist` False) store nothing, so they need no claim.
+    """
+    if history is None:
+        history = []
+        if session_id is not None:
+            try:
+                history = await s.sessions.read(session_id, s.settings.memory_max_turns * 2)
+            except SessionsUnavailable as exc:
+                log.error("session history unavailable, answering without it: %s", exc.__cause__ or exc)
+            if history is None:
+                if must_exist:
+                    raise UnknownSession(session_id)
+                history = []
+    fp = fingerprint(identity, session_id, message)
     state: TurnState = {
-        "request_id": request_id, "session_id": session_id, "user_id": user_id, "message": message,
-        "lang": detect_lang(message), "persist": persist, "history": history,
+        "request_id": request_id, "session_id": session_id or uuid.uuid4().hex, "user_id": user_id,
+        "message": message, "lang": detect_lang(message), "persist": persist, "history": history,
+        "fingerprint": fp,
     }
-    final: dict[str, Any] = dict(state)
-    async for mode, chunk in s.graph.astream(state, stream_mode=["custom", "values"]):
-        if mode == "custom":
-            if "meta" in chunk:
-                yield "meta", chunk["meta"]
-            elif "token" in chunk:
-                yield "token", chunk["token"]
-        else:
-            final = chunk
-    yield "final", final
-
-
-async def answer_once(s: Services, **kwargs: Any) -> dict[str, Any]:
-    final: dict[str, Any] = {}
-    async for kind, value in run_turn(s, **kwargs):
-        if kind == "final":
-            final = value
-    return final
-
-
-def no_answer_text(lang: str) -> str:
-    return TEXTS.get(lang, TEXTS["en"])["no_hit"]
+    if not persist:
+        return Turn(s, state)
+    begun = await s.turns.begin(request_id, fp)
+    if isinstance(begun, TurnResult):
+        return Turn(s, state, replay=begun)
+    return Turn(s, state, claim=begun)

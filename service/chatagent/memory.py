@@ -1,4 +1,5 @@
-"""Session memory: a per-session message list in Redis (trimmed, with TTL), or in-process without Redis."""
+"""Session memory: a per-session message list in Redis (trimmed, with TTL), or in-process without Redis,
+and the per-request-id turn records that make a retried turn replay instead of running twice."""
 
 from __future__ import annotations
 
@@ -7,21 +8,35 @@ import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
+from .store import StoredMessage
+
 
 class Memory(Protocol):
     async def history(self, session_id: str) -> list[dict[str, Any]]: ...
 
-    async def append(self, session_id: str, messages: list[dict[str, Any]]) -> None: ...
+    async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str) -> None:
+        """Append to the history and store the turn's record under its request id, atomically."""
 
     async def exists(self, session_id: str) -> bool: ...
 
     async def delete(self, session_id: str) -> bool: ...
 
-    async def remember_request(self, request_id: str, session_id: str) -> None: ...
+    async def claim_turn(self, request_id: str, pending: str, lease: float) -> str | None:
+        """Store `pending` for `lease` seconds unless a record exists; returns the existing record."""
 
-    async def request_session(self, request_id: str) -> str | None: ...
+    async def renew_turn(self, request_id: str, pending: str, lease: float) -> bool:
+        """Extend our claim; False when the request id no longer holds `pending`."""
+
+    async def release_turn(self, request_id: str, pending: str) -> None: ...
+
+    async def turn_record(self, request_id: str) -> str | None: ...
 
     async def ping(self) -> None: ...
+
+
+# Compare-and-act on a claim: only the holder of `pending` may extend or drop it.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class RedisMemory:
@@ -38,12 +53,16 @@ class RedisMemory:
         raw = await self.redis.lrange(self.key(session_id), 0, -1)
         return [json.loads(item) for item in raw]
 
-    async def append(self, session_id: str, messages: list[dict[str, Any]]) -> None:
+    def turn_key(self, request_id: str) -> str:
+        return f"{self.prefix}:turn:{request_id}"
+
+    async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str) -> None:
         key = self.key(session_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *[json.dumps(m, ensure_ascii=False) for m in messages])
+            pipe.rpush(key, *[m.model_dump_json(exclude_none=True) for m in messages])
             pipe.ltrim(key, -self.max_messages, -1)
             pipe.expire(key, self.ttl)
+            pipe.set(self.turn_key(request_id), record, ex=self.ttl)
             await pipe.execute()
 
     async def exists(self, session_id: str) -> bool:
@@ -52,11 +71,26 @@ class RedisMemory:
     async def delete(self, session_id: str) -> bool:
         return bool(await self.redis.delete(self.key(session_id)))
 
-    async def remember_request(self, request_id: str, session_id: str) -> None:
-        await self.redis.set(f"{self.prefix}:request:{request_id}", session_id, ex=self.ttl)
+    async def claim_turn(self, request_id: str, pending: str, lease: float) -> str | None:
+        key = self.turn_key(request_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, pending, nx=True, px=int(lease * 1000))
+            pipe.get(key)
+            claimed, current = await pipe.execute()
+        if claimed:
+            return None
+        if current is None:  # the other claim expired between SET and GET: try again
+            return await self.claim_turn(request_id, pending, lease)
+        return current.decode() if isinstance(current, bytes) else current
 
-    async def request_session(self, request_id: str) -> str | None:
-        value = await self.redis.get(f"{self.prefix}:request:{request_id}")
+    async def renew_turn(self, request_id: str, pending: str, lease: float) -> bool:
+        return bool(await self.redis.eval(_RENEW, 1, self.turn_key(request_id), pending, int(lease * 1000)))
+
+    async def release_turn(self, request_id: str, pending: str) -> None:
+        await self.redis.eval(_RELEASE, 1, self.turn_key(request_id), pending)
+
+    async def turn_record(self, request_id: str) -> str | None:
+        value = await self.redis.get(self.turn_key(request_id))
         return value.decode() if isinstance(value, bytes) else value
 
     async def ping(self) -> None:
@@ -71,7 +105,7 @@ class InProcessMemory:
         self.ttl = ttl
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
-        self._requests: OrderedDict[str, str] = OrderedDict()
+        self._turns: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     def _live(self, session_id: str) -> list[dict[str, Any]] | None:
         entry = self._sessions.get(session_id)
@@ -85,12 +119,19 @@ class InProcessMemory:
     async def history(self, session_id: str) -> list[dict[str, Any]]:
         return list(self._live(session_id) or [])
 
-    async def append(self, session_id: str, messages: list[dict[str, Any]]) -> None:
-        items = (self._live(session_id) or []) + messages
+    async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str) -> None:
+        items = (self._live(session_id) or []) + [m.model_dump(exclude_none=True) for m in messages]
         self._sessions[session_id] = (time.monotonic() + self.ttl, items[-self.max_messages :])
         self._sessions.move_to_end(session_id)
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
+        self._set_turn(request_id, record, self.ttl)
+
+    def _set_turn(self, request_id: str, value: str, ttl: float) -> None:
+        self._turns[request_id] = (time.monotonic() + ttl, value)
+        self._turns.move_to_end(request_id)
+        while len(self._turns) > self.max_sessions * 4:
+            self._turns.popitem(last=False)
 
     async def exists(self, session_id: str) -> bool:
         return self._live(session_id) is not None
@@ -98,13 +139,27 @@ class InProcessMemory:
     async def delete(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None
 
-    async def remember_request(self, request_id: str, session_id: str) -> None:
-        self._requests[request_id] = session_id
-        while len(self._requests) > self.max_sessions * 4:
-            self._requests.popitem(last=False)
+    async def turn_record(self, request_id: str) -> str | None:
+        entry = self._turns.get(request_id)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
 
-    async def request_session(self, request_id: str) -> str | None:
-        return self._requests.get(request_id)
+    async def claim_turn(self, request_id: str, pending: str, lease: float) -> str | None:
+        current = await self.turn_record(request_id)
+        if current is None:
+            self._set_turn(request_id, pending, lease)
+        return current
+
+    async def renew_turn(self, request_id: str, pending: str, lease: float) -> bool:
+        if await self.turn_record(request_id) != pending:
+            return False
+        self._set_turn(request_id, pending, lease)
+        return True
+
+    async def release_turn(self, request_id: str, pending: str) -> None:
+        if await self.turn_record(request_id) == pending:
+            del self._turns[request_id]
 
     async def ping(self) -> None:
         return None

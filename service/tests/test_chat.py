@@ -148,3 +148,19 @@ def test_history_survives_redis_loss(client_factory, fake_llm, redis_server) -> 
     sent = fake_llm["requests"][-1]["messages"]
     assert sent[1] == {"role": "user", "content": "How do I cancel an order?"}
     assert sent[2]["role"] == "assistant" and sent[-1]["content"] == "How do I get an invoice?"
+
+
+def test_handoff_reasons_are_counted_apart(client) -> None:
+    def handoffs(reason: str) -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith(f'chatagent_handoffs_total{{reason="{reason}"}}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    asked, unanswered = handoffs("explicit"), handoffs("no_answer")
+    assert ask(client, "转人工")["intent"] == "handoff"
+    assert (handoffs("explicit"), handoffs("no_answer")) == (asked + 1, unanswered)
+    assert ask(client, "What is the airspeed velocity of an unladen swallow?")["intent"] == "handoff"
+    assert (handoffs("explicit"), handoffs("no_answer")) == (asked + 1, unanswered + 1)
+    assert ask(client, "How do I return an item?")["intent"] == "returns"
+    assert (handoffs("explicit"), handoffs("no_answer")) == (asked + 1, unanswered + 1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -51,6 +50,9 @@ def test_gunicorn_two_workers_aggregate_metrics(hash_kb, redis_server, mariadb, 
         pids = {int(m.group(1)) for f in prom.iterdir() if (m := re.search(r"_(\d+)\.db$", f.name))}
         assert len(pids) == 2, sorted(p.name for p in prom.iterdir())
         assert not (prom / "stale_counter.db").exists()
+        for pid in pids:  # each worker runs the C event loop and HTTP parser
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "uvloop" in maps and "httptools" in maps
         for _ in range(4):  # whichever worker answers, it reports the sum over both
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             total = sum(float(v) for v in re.findall(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from chatagent.knowledge import (
+    FORMAT_VERSION,
     HashEmbedder,
     KBError,
     KBMismatchError,
@@ -31,8 +32,11 @@ def test_build_layout_and_manifest(tmp_path: Path) -> None:
     current = tmp_path / "current"
     assert current.is_symlink() and os.readlink(current) == f"versions/{manifest['version']}"
     files = {p.name for p in current.iterdir()}
-    assert files == {"manifest.json", "index.faiss", "chunks.json", "intents.faiss", "intents.json"}
+    assert files == {"manifest.json", "index.faiss", "rows.npy", "chunks.json", "intents.faiss", "intents.json"}
     assert manifest["embedder"] == "hash" and manifest["dimension"] == 512 and manifest["count"] == 69
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["index"]["type"] == "flat"
+    # one row per question phrasing or document heading
+    assert manifest["index"]["rows"] == manifest["phrasings"] > 66 * 5
     assert len(manifest["checksum"]) == 64
     assert not list(tmp_path.glob(".build-*")) and not list(tmp_path.glob(".current-*"))
     chunks = json.loads((current / "chunks.json").read_text())
@@ -40,16 +44,20 @@ def test_build_layout_and_manifest(tmp_path: Path) -> None:
     # a rebuild adds a version and swaps the link; ids stay stable
     second = build_kb(SAMPLE, tmp_path, HashEmbedder(512))
     assert second["version"] != manifest["version"]
+    assert second["embeddings"] == {"computed": 0, "reused": manifest["embeddings"]["computed"]}
     assert len(list((tmp_path / "versions").iterdir())) == 2
     assert json.loads((tmp_path / "current" / "chunks.json").read_text()).keys() == chunks.keys()
 
 
 def test_sources_parsing() -> None:
-    chunks, intents = collect_sources(SAMPLE)
+    sources = collect_sources(SAMPLE)
+    chunks, intents = sources.chunks, sources.intents
+    assert sources.skipped == []
     ids = {c.id for c in chunks}
     assert "returns-how-to-zh" in ids and any(i.startswith("shipping-guide#") for i in ids)
     assert len([c for c in chunks if c.lang == "zh"]) >= 30 and len([c for c in chunks if c.lang == "en"]) >= 30
-    assert {"returns", "invoices", "handoff", "greeting"} <= {i for i, _ in intents}
+    assert {"returns", "invoices", "handoff", "greeting", "out_of_scope"} <= {i for i, _ in intents}
+    assert all(len(c.phrasings()) >= 5 for c in chunks if c.question)
 
 
 def test_mismatched_embedder_is_refused(tmp_path: Path, client_factory) -> None:
@@ -130,3 +138,12 @@ def test_cli_kb_build_and_stats(tmp_path: Path) -> None:
     ask = subprocess.run([*cli, "ask", "How do I reset my password?", "--kb", str(tmp_path), "--embedder", "hash"],
                          capture_output=True, text=True, env=env, check=True)
     assert "[accounts-reset-password-en]" in ask.stdout and "sources:" in ask.stdout
+
+
+def test_old_format_is_refused_with_rebuild_advice(tmp_path: Path) -> None:
+    build_kb(SAMPLE, tmp_path, HashEmbedder(512))
+    manifest_path = tmp_path / "current" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(KBMismatchError, match="format 1.*rebuild it with `chatagent kb build`"):
+        KnowledgeBase.load(tmp_path, HashEmbedder(512))

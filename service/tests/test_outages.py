@@ -73,12 +73,37 @@ def test_mysql_outage_loses_no_turn(client, mariadb, redis_server) -> None:
 def test_replay_is_idempotent(client, mariadb) -> None:
     import asyncio
 
-    from chatagent.store import MySQLStore
+    from chatagent.store import WRITE_OP, MySQLStore
 
     store = MySQLStore(client.app.state.services.store.params)
-    op = {"kind": "turn", "session_id": "idem-1", "user_id": None, "request_id": "idem-req-1", "ts": time.time(),
-          "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    now = time.time()
+    # the JSON a pending queue holds (also what earlier releases queued)
+    op = WRITE_OP.validate_json(json.dumps({
+        "kind": "turn", "session_id": "idem-1", "user_id": None, "request_id": "idem-req-1", "ts": now,
+        "messages": [{"role": "user", "content": "a", "ts": now, "request_id": "idem-req-1"},
+                     {"role": "assistant", "content": "b", "ts": now, "request_id": "idem-req-1"}]}))
     store.apply(op)
     store.apply(op)  # a replay after a flusher crash must not duplicate rows
     assert mariadb.query("SELECT COUNT(*) AS n FROM messages WHERE request_id='idem-req-1'") == [{"n": 2}]
     asyncio.run(asyncio.sleep(0))
+
+
+def test_history_comes_from_mysql_while_redis_is_down(client, redis_server, mariadb) -> None:
+    sid = client.post("/api/v1/chat", json={"message": "How do I track my order?"}).json()["session_id"]
+    redis_server.stop()
+    try:
+        history = client.get(f"/api/v1/sessions/{sid}")
+        assert history.status_code == 200
+        assert [m["content"] for m in history.json()["messages"]][:1] == ["How do I track my order?"]
+        # a session neither backend can vouch for is not called unknown while Redis cannot answer
+        mariadb.stop()
+        try:
+            down = client.get("/api/v1/sessions/never-seen-1")
+            assert down.status_code == 503 and down.headers["retry-after"]
+            turn = client.post("/api/v1/chat", json={"message": "How much does shipping cost?", "session_id": sid})
+            assert turn.status_code == 200 and turn.json()["session_id"] == sid
+        finally:
+            mariadb.start()
+    finally:
+        redis_server.start()
+    wait_until(lambda: client.get("/ready").status_code == 200)

@@ -108,3 +108,25 @@ def test_openai_sdk_rejects_bad_key(live) -> None:
     client = openai.OpenAI(base_url=live.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
+
+
+def test_concurrent_turns_are_all_stored(live, mariadb, redis_server) -> None:
+    import asyncio
+
+    questions = ["How do I track my order?", "退款多久到账？", "How do I get an invoice?", "hello"] * 6
+
+    async def run() -> list[dict]:
+        async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": "Bearer sk-live-1"},
+                                     timeout=30) as http:
+            resps = await asyncio.gather(*(http.post("/api/v1/chat", json={"message": q}) for q in questions))
+        assert all(r.status_code == 200 for r in resps)
+        return [r.json() for r in resps]
+
+    bodies = asyncio.run(run())
+    for body in bodies:
+        rows = mariadb.query("SELECT conversation_id, role FROM messages WHERE request_id=%s ORDER BY id",
+                             (body["request_id"],))
+        assert rows == [{"conversation_id": body["session_id"], "role": "user"},
+                        {"conversation_id": body["session_id"], "role": "assistant"}]
+        key = f"{live.settings.redis_prefix}:session:{body['session_id']}"
+        assert redis_server.client().llen(key) == 2

@@ -53,7 +53,7 @@ async def ready(services: Services = Depends(get_services)) -> JSONResponse:
         kb = s.knowledge.kb
         if kb is None:
             raise RuntimeError(s.knowledge.error or "knowledge base not loaded")
-        detail: dict[str, Any] = {"version": kb.version, "chunks": kb.index.ntotal, "embedder": kb.manifest["embedder"]}
+        detail: dict[str, Any] = {"version": kb.version, "chunks": kb.count, "embedder": kb.manifest["embedder"]}
         if s.knowledge.error:  # a newer version was refused; the old one still serves
             detail["warning"] = s.knowledge.error
         return detail

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..graph import Services, run_turn
+from ..graph import Services, begin_turn
 from .chat import SSE_HEADERS
 from .deps import clean_text, get_services, guard, valid_session_id
 
@@ -73,6 +73,7 @@ async def chat_completions(
     request: Request,
     body: ChatCompletionRequest,
     services: Services = Depends(get_services),
+    identity: str | None = Depends(guard),
     x_session_id: str | None = Header(None, max_length=256),
 ) -> Any:
     user_positions = [i for i, m in enumerate(body.messages) if m.role == "user"]
@@ -105,15 +106,11 @@ async def chat_completions(
     created = int(time.time())
     model = body.model or services.settings.model_name
     headers = {"X-Session-Id": session_id} if persist else {}
-    turn = run_turn(services, message=question, session_id=session_id, request_id=request_id,
-                    user_id=body.user, history=history, persist=persist)
+    turn = await begin_turn(services, message=question, session_id=session_id, request_id=request_id,
+                            identity=identity, user_id=body.user, history=history, persist=persist)
 
     if not body.stream:
-        final: dict[str, Any] = {}
-        async for kind, value in turn:
-            if kind == "final":
-                final = value
-        answer = final["answer"]
+        answer = (await turn.result()).answer
         return JSONResponse(
             {
                 "id": completion_id, "object": "chat.completion", "created": created, "model": model,
@@ -141,7 +138,7 @@ async def chat_completions(
         yield chunk({"role": "assistant", "content": ""})
         answer = ""
         try:
-            async for kind, value in turn:
+            async for kind, value in turn.events():
                 if kind == "token":
                     answer += value
                     yield chunk({"content": value})

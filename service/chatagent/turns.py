@@ -1,0 +1,159 @@
+"""Idempotent chat turns: one answer per request id, whichever worker or instance sees the retry.
+
+nginx sends `X-Request-ID` and may retry a POST on another instance after a failure. A turn first
+claims its request id in the session memory (a short lease the owner renews while it runs); the
+answer replaces the claim atomically with the history append, so a retry either replays the stored
+answer, waits while the first attempt is still running, or takes over once the owner's lease ran
+out (the owner died before storing anything). Without Redis the claim is per process and MySQL is
+asked whether the request was already answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .memory import Memory
+from .store import MySQLStore, Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """What a client gets for a turn, whichever endpoint asked and whether it ran or was replayed."""
+
+    request_id: str
+    session_id: str
+    answer: str
+    intent: str
+    sources: list[Source] = field(default_factory=list)
+    confidence: float | None = None
+    replayed: bool = False
+
+    def record(self, fingerprint: str) -> str:
+        body = {
+            "request_id": self.request_id, "session_id": self.session_id, "answer": self.answer,
+            "intent": self.intent, "confidence": self.confidence, "sources": [s.model_dump() for s in self.sources],
+        }
+        return json.dumps({"state": "done", "fp": fingerprint, "result": body}, ensure_ascii=False)
+
+    @classmethod
+    def from_record(cls, result: dict[str, Any]) -> TurnResult:
+        sources = [Source(**s) for s in result.pop("sources", [])]
+        return cls(**result, sources=sources, replayed=True)
+
+
+class RequestIdConflict(Exception):
+    """The request id was already used for a different request (another message, session or key)."""
+
+
+class TurnInFlight(Exception):
+    """The same request id is still being answered elsewhere and did not finish within the wait."""
+
+
+@dataclass
+class Claim:
+    request_id: str
+    fingerprint: str
+    pending: str | None  # the value we hold in memory; None when memory could not take a claim
+    renewer: asyncio.Task[None] | None = None
+
+
+def fingerprint(identity: str | None, session_id: str | None, message: str) -> str:
+    """Ties a request id to what was asked, so a reused id never returns someone else's answer."""
+    raw = "\x00".join((identity or "", session_id or "", message))
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class TurnLedger:
+    def __init__(self, memory: Memory, store: MySQLStore | None, lease: float, wait: float) -> None:
+        self.memory = memory
+        self.store = store
+        self.lease = lease
+        self.wait = wait
+
+    async def begin(self, request_id: str, fp: str) -> Claim | TurnResult:
+        """Claim the request id for a new turn, or return the earlier answer to it.
+
+        Raises RequestIdConflict or TurnInFlight.
+        """
+        pending = json.dumps({"state": "pending", "fp": fp, "token": uuid.uuid4().hex})
+        deadline = time.monotonic() + self.wait
+        delay = 0.01
+        while True:
+            try:
+                existing = await self.memory.claim_turn(request_id, pending, self.lease)
+            except Exception as exc:
+                log.warning("cannot claim request id in session memory, checking MySQL: %s", exc)
+                earlier = await self._answered_in_mysql(request_id)
+                return earlier if earlier is not None else Claim(request_id, fp, None)
+            if existing is None:
+                claim = Claim(request_id, fp, pending)
+                claim.renewer = asyncio.create_task(self._renew(claim))
+                return claim
+            record = json.loads(existing)
+            if record.get("fp") != fp:
+                raise RequestIdConflict(request_id)
+            if record.get("state") == "done":
+                return TurnResult.from_record(record["result"])
+            if time.monotonic() >= deadline:
+                raise TurnInFlight(request_id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def _renew(self, claim: Claim) -> None:
+        assert claim.pending is not None
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                if not await self.memory.renew_turn(claim.request_id, claim.pending, self.lease):
+                    return  # answered (the record replaced the claim) or the claim is gone
+            except Exception as exc:
+                log.warning("request id lease not renewed: %s", exc)
+
+    async def end(self, claim: Claim, answered: bool) -> None:
+        """Stop renewing; a turn that did not answer gives its request id back for a retry."""
+        if claim.renewer is not None:
+            claim.renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claim.renewer
+        if not answered and claim.pending is not None:
+            try:
+                await self.memory.release_turn(claim.request_id, claim.pending)
+            except Exception as exc:
+                log.warning("request id claim not released (expires by itself): %s", exc)
+
+    async def _answered_in_mysql(self, request_id: str) -> TurnResult | None:
+        if self.store is None:
+            return None
+        try:
+            row = await asyncio.to_thread(self.store.answered_turn, request_id)
+        except Exception as exc:
+            log.warning("MySQL cannot tell whether request %s was answered: %s", request_id, exc)
+            return None
+        if row is None:
+            return None
+        return TurnResult.from_record({"request_id": request_id, **row})
+
+    async def answered(self, request_id: str) -> bool | None:
+        """Whether a turn with this id was answered; None when no backend can tell."""
+        known: bool | None = None
+        try:
+            raw = await self.memory.turn_record(request_id)
+            known = raw is not None and json.loads(raw).get("state") == "done"
+        except Exception as exc:
+            log.warning("session memory unavailable for request lookup: %s", exc)
+        if not known and self.store is not None:
+            try:
+                known = await asyncio.to_thread(self.store.answered_turn, request_id) is not None
+            except Exception as exc:
+                log.warning("MySQL unavailable for request lookup: %s", exc)
+        return known

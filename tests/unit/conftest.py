@@ -1,0 +1,7 @@
+"""Filter plugins live in plugins/filter/ (ansible.cfg `filter_plugins`); import them as modules."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "filter"))
