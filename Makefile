@@ -12,6 +12,11 @@ export ANSIBLE_ROLES_PATH := $(ROOT)/roles
 # Molecule writes its own ansible.cfg: shared filter plugins come through the environment.
 export ANSIBLE_FILTER_PLUGINS := $(ROOT)/plugins/filter
 export ANSIBLE_FORCE_COLOR := 0
+# Mitogen's strategy runs modules in a persistent Python on each host instead of shipping and starting
+# one per task: a no-op converge of the stack takes half the time (bench/RESULTS.md). Only for runs
+# started by make; a plain `ansible-playbook site.yml` works without it.
+export ANSIBLE_STRATEGY_PLUGINS := $(VENV)/mitogen-strategy
+export ANSIBLE_STRATEGY := mitogen_linear
 export PY_COLORS := 0
 
 # Controller packages: test hosts (nspawn, debootstrap, nft), the venv, the web chat's browser check
@@ -49,6 +54,7 @@ $(VENV)/.stamp: requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	ln -sfn "$$($(VENV)/bin/python -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))')/plugins/strategy" $(VENV)/mitogen-strategy
 	touch $@
 
 tools: $(TOOLS)/.stamp
