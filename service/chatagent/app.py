@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import chat, health, openai_compat, public, sessions
 from .api.deps import RateLimiter
-from .graph import Services, UnknownSession, build_graph
+from .graph import Services, UnknownSession, build_flow
 from .knowledge import KnowledgeStore, QueryEncoder, build_kb, make_embedder, read_manifest
 from .llm import AnswerProvider, ExtractiveProvider, OpenAIProvider
 from .masking import Masker, MaskingFilter
@@ -225,7 +225,7 @@ async def build_services(settings: Settings, metrics: Metrics) -> Services:
         turns=TurnLedger(memory, store, settings.turn_lease_seconds, settings.turn_wait_seconds),
         encoder=encoder, knowledge=knowledge, provider=provider,
     )
-    services.graph = build_graph(services)
+    services.flow = build_flow(services)
     return services
 
 
