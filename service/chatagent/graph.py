@@ -16,7 +16,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from .knowledge import HANDOFF_INTENT, Hit, KnowledgeStore, QueryEncoder, detect_lang, retrieval_vector
+from .knowledge import HANDOFF_INTENT, CacheLookup, Hit, KnowledgeStore, QueryEncoder, detect_lang, retrieval_vector
 from .llm import AnswerProvider, ExtractiveProvider, LLMError
 from .masking import Masker
 from .metrics import Metrics
@@ -66,6 +66,8 @@ class TurnState(TypedDict, total=False):
     persist: bool
     fingerprint: str
     history: list[dict[str, Any]]
+    # The message's embedding-cache entry, read with the request-id claim (absent: not read yet).
+    cached_embedding: CacheLookup
     vector: Any
     # The classifier's intent when it is confident; None when it is not.
     label: str | None
@@ -152,7 +154,7 @@ def build_flow(services: Services) -> Flow:
     async def classify(state: TurnState, emit: Emit) -> dict[str, Any]:
         await s.knowledge.maybe_reload()
         started = time.perf_counter()
-        vector = await s.encoder.encode(state["message"])
+        vector = await s.encoder.encode(state["message"], state.get("cached_embedding"))
         s.metrics.retrieval_duration.observe(time.perf_counter() - started)
         kb = s.knowledge.kb
         threshold = s.settings.effective_intent_confidence
@@ -334,26 +336,47 @@ async def begin_turn(s: Services, *, message: str, session_id: str | None, reque
     A retry of an answered request gets a Turn that replays the stored answer. Stateless turns
     (`persist` False) store nothing, so they need no claim.
     """
-    if history is None:
-        history = []
-        if session_id is not None:
-            try:
-                history = await s.sessions.read(session_id, s.settings.memory_max_turns * 2)
-            except SessionsUnavailable as exc:
-                log.error("session history unavailable, answering without it: %s", exc.__cause__ or exc)
-            if history is None:
-                if must_exist:
-                    raise UnknownSession(session_id)
-                history = []
     fp = fingerprint(identity, session_id, message)
     state: TurnState = {
         "request_id": request_id, "session_id": session_id or uuid.uuid4().hex, "user_id": user_id,
-        "message": message, "lang": detect_lang(message), "persist": persist, "history": history,
+        "message": message, "lang": detect_lang(message), "persist": persist, "history": history or [],
         "fingerprint": fp,
     }
+    read_history = history is None and session_id is not None
     if not persist:
+        if read_history:
+            state["history"] = await _history(s, session_id, None, must_exist)  # type: ignore[arg-type]
         return Turn(s, state)
-    begun = await s.turns.begin(request_id, fp)
-    if isinstance(begun, TurnResult):
-        return Turn(s, state, replay=begun)
-    return Turn(s, state, claim=begun)
+    begun = await s.turns.begin(request_id, fp, session_id if read_history else None,
+                                s.encoder.shared_key(message))
+    if begun.looked_up:
+        state["cached_embedding"] = CacheLookup(begun.cached)
+    if read_history:
+        try:
+            state["history"] = await _history(s, session_id, begun.history, must_exist)  # type: ignore[arg-type]
+        except UnknownSession:
+            if isinstance(begun.outcome, Claim):
+                await s.turns.end(begun.outcome, answered=False)
+            raise
+    if isinstance(begun.outcome, TurnResult):
+        return Turn(s, state, replay=begun.outcome)
+    return Turn(s, state, claim=begun.outcome)
+
+
+async def _history(s: Services, session_id: str, in_memory: list[dict[str, Any]] | None,
+                   must_exist: bool) -> list[dict[str, Any]]:
+    """The session's recent messages: memory's copy when it has one, else the repository's answer
+    ("Redis, else MySQL"). Raises UnknownSession when `must_exist` and no backend knows the session."""
+    limit = s.settings.memory_max_turns * 2
+    if in_memory:
+        return in_memory[-limit:]
+    try:
+        history = await s.sessions.read(session_id, limit)
+    except SessionsUnavailable as exc:
+        log.error("session history unavailable, answering without it: %s", exc.__cause__ or exc)
+        return []
+    if history is None:
+        if must_exist:
+            raise UnknownSession(session_id)
+        return []
+    return history

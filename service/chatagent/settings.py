@@ -41,8 +41,10 @@ class Settings(BaseSettings):
     workers: int | None = None
     timeout: int = 120
     graceful_timeout: int = 30
-    max_requests: int = 2000
-    max_requests_jitter: int = 200
+    # A recycled worker reloads the embedder and the index (seconds of CPU, half the capacity
+    # meanwhile); at 2000 the workers restarted every 2-3 s under load. Only a leak guard now.
+    max_requests: int = 100_000
+    max_requests_jitter: int = 10_000
     forwarded_allow_ips: str = "127.0.0.1"
 
     # --- auth and limits

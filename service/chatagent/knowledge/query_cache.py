@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,13 @@ import numpy as np
 from .embedders import Embedder
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheLookup:
+    """The shared cache's value for a text's key, read ahead (with the turn's claim, graph.begin_turn)."""
+
+    raw: bytes | None
 
 
 class QueryEncoder:
@@ -32,15 +40,20 @@ class QueryEncoder:
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
         return f"{self.prefix}:emb:{self.embedder.kind}:{self.embedder.model}:{self.embedder.dim}:{digest}"
 
+    def shared_key(self, text: str) -> str | None:
+        """The key to read ahead for `text`, when the cache is shared (Redis)."""
+        return self.cache_key(text) if self.redis is not None else None
+
     def _count(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.embedding_cache.labels(result=result).inc()
 
-    async def encode(self, text: str) -> np.ndarray:
+    async def encode(self, text: str, lookup: CacheLookup | None = None) -> np.ndarray:
+        """`lookup`: the cache was already read for `text` (Redis only)."""
         key = self.cache_key(text)
         if self.redis is not None:
             try:
-                raw = await self.redis.get(key)
+                raw = lookup.raw if lookup is not None else await self.redis.get(key)
                 if raw is not None and len(raw) == 4 * self.embedder.dim:
                     self._count("hit")
                     return np.frombuffer(raw, dtype=np.float32).copy()
