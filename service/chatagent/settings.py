@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     embed_dim: int | None = None
     embed_cache_size: int = 2048
     embed_cache_ttl_seconds: int = 24 * 3600
+    # Concurrent query embeddings of a worker embedded together, at most this many per model call
+    # (1: one at a time).
+    embed_batch_max: int = Field(8, ge=1, le=64)
     top_k: int = 4
     min_score: float | None = None
     intent_min_confidence: float | None = None
