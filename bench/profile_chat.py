@@ -95,7 +95,8 @@ def summarise(raw: Path, top: int) -> None:
         if not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [f for f in stack_text.split(";") if not f.startswith(("process ", "thread "))]
+        # An empty stack is a sample py-spy could not attribute to any Python frame: not our CPU.
+        frames = [f for f in stack_text.split(";") if f and not f.startswith(("process ", "thread "))]
         if not frames or IDLE.match(frames[-1]):
             continue
         total += count

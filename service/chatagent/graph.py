@@ -1,6 +1,6 @@
-"""The agent: a LangGraph StateGraph  classify → (retrieve) → answer, and the chat turn around it
-(`begin_turn`: session history, request-id claim; `Turn`: runs the graph, stores the turn, and is the one
-place graph state becomes the API answer)."""
+"""The agent: the flow  classify → (retrieve) → answer, defined once (`Flow`) and compiled into a
+LangGraph StateGraph, and the chat turn around it (`begin_turn`: session history, request-id claim;
+`Turn`: runs the flow, stores the turn, and is the one place flow state becomes the API answer)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 
-from .knowledge import HANDOFF_INTENT, Hit, KnowledgeStore, QueryEncoder, detect_lang, retrieval_vector
+from .knowledge import HANDOFF_INTENT, CacheLookup, Hit, KnowledgeStore, QueryEncoder, detect_lang, retrieval_vector
 from .llm import AnswerProvider, ExtractiveProvider, LLMError
 from .masking import Masker
 from .metrics import Metrics
@@ -49,7 +50,7 @@ class Services:
     encoder: QueryEncoder
     knowledge: KnowledgeStore
     provider: AnswerProvider
-    graph: Any = None
+    flow: Flow | None = None
 
 
 class UnknownSession(LookupError):
@@ -65,6 +66,8 @@ class TurnState(TypedDict, total=False):
     persist: bool
     fingerprint: str
     history: list[dict[str, Any]]
+    # The message's embedding-cache entry, read with the request-id claim (absent: not read yet).
+    cached_embedding: CacheLookup
     vector: Any
     # The classifier's intent when it is confident; None when it is not.
     label: str | None
@@ -81,14 +84,77 @@ class TurnState(TypedDict, total=False):
     llm_error: str | None
 
 
-def build_graph(services: Services) -> Any:
+Emit = Callable[[dict[str, Any]], None]
+Node = Callable[[TurnState, Emit], Awaitable[dict[str, Any]]]
+Router = Callable[[TurnState], str]
+
+
+def _no_emit(chunk: dict[str, Any]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Flow:
+    """The turn's nodes and edges, defined once. Streamed turns run the compiled LangGraph graph
+    (its stream writer carries meta and tokens as they happen); one-shot turns walk the same nodes
+    and edges with `run`: LangGraph's Pregel loop (channels, task preparation, checkpoint bookkeeping
+    per superstep) was 37 % of a cached turn's CPU and buys nothing for a three-node graph without a
+    checkpointer whose every step is awaited in order. Both merge node updates into the state the same
+    way (every key is a last-value channel), which tests/test_flow.py checks on every route."""
+
+    nodes: dict[str, Node]
+    first: str
+    # node → next node (END finishes), or node → (router, router's answer → next node)
+    edges: dict[str, str | tuple[Router, dict[str, str]]]
+    graph: CompiledStateGraph
+
+    @classmethod
+    def define(cls, nodes: dict[str, Node], first: str,
+               edges: dict[str, str | tuple[Router, dict[str, str]]]) -> Flow:
+        g = StateGraph(TurnState)
+        for name, node in nodes.items():
+            g.add_node(name, _streaming(node))
+        g.add_edge(START, first)
+        for source, target in edges.items():
+            if isinstance(target, str):
+                g.add_edge(source, target)
+            else:
+                router, ends = target
+                g.add_conditional_edges(source, router, ends)
+        return cls(nodes, first, edges, g.compile())
+
+    async def run(self, state: TurnState) -> dict[str, Any]:
+        """The final state, without intermediate events."""
+        values: dict[str, Any] = dict(state)
+        name = self.first
+        while name != END:
+            values.update(await self.nodes[name](values, _no_emit))  # type: ignore[arg-type]
+            target = self.edges[name]
+            name = target if isinstance(target, str) else target[1][target[0](values)]  # type: ignore[arg-type]
+        return values
+
+    async def stream(self, state: TurnState) -> AsyncIterator[tuple[str, Any]]:
+        """("custom", emitted chunk) as nodes emit, ("values", state) after each step."""
+        async for mode, chunk in self.graph.astream(state, stream_mode=["custom", "values"]):
+            yield mode, chunk
+
+
+def _streaming(node: Node) -> Callable[[TurnState], Awaitable[dict[str, Any]]]:
+    async def run(state: TurnState) -> dict[str, Any]:
+        return await node(state, get_stream_writer())
+
+    run.__name__ = getattr(node, "__name__", "node")
+    return run
+
+
+def build_flow(services: Services) -> Flow:
     s = services
     extractive = ExtractiveProvider()
 
-    async def classify(state: TurnState) -> dict[str, Any]:
+    async def classify(state: TurnState, emit: Emit) -> dict[str, Any]:
         await s.knowledge.maybe_reload()
         started = time.perf_counter()
-        vector = await s.encoder.encode(state["message"])
+        vector = await s.encoder.encode(state["message"], state.get("cached_embedding"))
         s.metrics.retrieval_duration.observe(time.perf_counter() - started)
         kb = s.knowledge.kb
         threshold = s.settings.effective_intent_confidence
@@ -100,7 +166,7 @@ def build_graph(services: Services) -> Any:
             # The KB names "handoff" both when that label won and when nothing was confident enough.
             if result.name != HANDOFF_INTENT or confidence >= threshold:
                 label = result.name
-        get_stream_writer()({"meta": {"intent": label or HANDOFF_INTENT, "confidence": confidence}})
+        emit({"meta": {"intent": label or HANDOFF_INTENT, "confidence": confidence}})
         return {"vector": vector, "label": label, "confidence": confidence,
                 "asked_for_human": label == HANDOFF_INTENT}
 
@@ -109,15 +175,14 @@ def build_graph(services: Services) -> Any:
             return "answer"
         return "retrieve"
 
-    async def retrieve(state: TurnState) -> dict[str, Any]:
+    async def retrieve(state: TurnState, emit: Emit) -> dict[str, Any]:
         kb = s.knowledge.kb
         if kb is None:
             return {"hits": []}
         vector = await retrieval_vector(s.encoder, state["message"], state.get("history"), state["vector"])
         return {"hits": kb.search(vector, s.settings.top_k, s.settings.effective_min_score, state["lang"])}
 
-    async def answer(state: TurnState) -> dict[str, Any]:
-        writer = get_stream_writer()
+    async def answer(state: TurnState, emit: Emit) -> dict[str, Any]:
         hits = state.get("hits") or []
         lang = state["lang"]
         label = state["label"]
@@ -137,7 +202,7 @@ def build_graph(services: Services) -> Any:
         try:
             async for token in s.provider.stream(state["message"], history, hits, lang, reply_kind):
                 parts.append(token)
-                writer({"token": token})
+                emit({"token": token})
         except LLMError as exc:
             llm_error = str(exc)
             s.metrics.llm_failures.labels(reason="stream" if parts else "unavailable").inc()
@@ -145,14 +210,14 @@ def build_graph(services: Services) -> Any:
             provider_name = "extractive"
             if parts:
                 parts.append("\n\n")
-                writer({"token": "\n\n"})
+                emit({"token": "\n\n"})
             async for token in extractive.stream(state["message"], history, hits, lang, reply_kind):
                 parts.append(token)
-                writer({"token": token})
+                emit({"token": token})
         if handoff == "low_confidence":
             offer = HANDOFF_OFFER.get(lang, HANDOFF_OFFER["en"])
             parts.append(offer)
-            writer({"token": offer})
+            emit({"token": offer})
         if handoff:
             s.metrics.handoffs.labels(reason=handoff).inc()
         intent = HANDOFF_INTENT if handoff else str(label)
@@ -160,15 +225,12 @@ def build_graph(services: Services) -> Any:
         return {"answer": "".join(parts), "provider": provider_name, "llm_error": llm_error, "intent": intent,
                 "handoff": handoff}
 
-    g = StateGraph(TurnState)
-    g.add_node("classify", classify)
-    g.add_node("retrieve", retrieve)
-    g.add_node("answer", answer)
-    g.add_edge(START, "classify")
-    g.add_conditional_edges("classify", route, {"retrieve": "retrieve", "answer": "answer"})
-    g.add_edge("retrieve", "answer")
-    g.add_edge("answer", END)
-    return g.compile()
+    return Flow.define(
+        {"classify": classify, "retrieve": retrieve, "answer": answer},
+        first="classify",
+        edges={"classify": (route, {"retrieve": "retrieve", "answer": "answer"}), "retrieve": "answer",
+               "answer": END},
+    )
 
 
 async def persist(s: Services, state: dict[str, Any]) -> bool:
@@ -227,7 +289,7 @@ class Turn:
             return
         final: dict[str, Any] = dict(self.state)
         async with self._claimed():
-            async for mode, chunk in self.services.graph.astream(self.state, stream_mode=["custom", "values"]):
+            async for mode, chunk in self._flow.stream(self.state):
                 if mode == "custom":
                     if "meta" in chunk:
                         yield "meta", chunk["meta"]
@@ -239,13 +301,18 @@ class Turn:
         yield "final", result_of(final)
 
     async def result(self) -> TurnResult:
-        """The answer without intermediate events (cheaper: the graph does not stream)."""
+        """The answer without intermediate events (cheaper: no streaming, no Pregel loop)."""
         if self.replay is not None:
             return self.replay
         async with self._claimed():
-            final = await self.services.graph.ainvoke(self.state)
+            final = await self._flow.run(self.state)
             self.remembered = await persist(self.services, final)
         return result_of(final)
+
+    @property
+    def _flow(self) -> Flow:
+        assert self.services.flow is not None, "build_services sets the flow"
+        return self.services.flow
 
     @contextlib.asynccontextmanager
     async def _claimed(self) -> AsyncIterator[None]:
@@ -269,26 +336,47 @@ async def begin_turn(s: Services, *, message: str, session_id: str | None, reque
     A retry of an answered request gets a Turn that replays the stored answer. Stateless turns
     (`persist` False) store nothing, so they need no claim.
     """
-    if history is None:
-        history = []
-        if session_id is not None:
-            try:
-                history = await s.sessions.read(session_id, s.settings.memory_max_turns * 2)
-            except SessionsUnavailable as exc:
-                log.error("session history unavailable, answering without it: %s", exc.__cause__ or exc)
-            if history is None:
-                if must_exist:
-                    raise UnknownSession(session_id)
-                history = []
     fp = fingerprint(identity, session_id, message)
     state: TurnState = {
         "request_id": request_id, "session_id": session_id or uuid.uuid4().hex, "user_id": user_id,
-        "message": message, "lang": detect_lang(message), "persist": persist, "history": history,
+        "message": message, "lang": detect_lang(message), "persist": persist, "history": history or [],
         "fingerprint": fp,
     }
+    read_history = history is None and session_id is not None
     if not persist:
+        if read_history:
+            state["history"] = await _history(s, session_id, None, must_exist)  # type: ignore[arg-type]
         return Turn(s, state)
-    begun = await s.turns.begin(request_id, fp)
-    if isinstance(begun, TurnResult):
-        return Turn(s, state, replay=begun)
-    return Turn(s, state, claim=begun)
+    begun = await s.turns.begin(request_id, fp, session_id if read_history else None,
+                                s.encoder.shared_key(message))
+    if begun.looked_up:
+        state["cached_embedding"] = CacheLookup(begun.cached)
+    if read_history:
+        try:
+            state["history"] = await _history(s, session_id, begun.history, must_exist)  # type: ignore[arg-type]
+        except UnknownSession:
+            if isinstance(begun.outcome, Claim):
+                await s.turns.end(begun.outcome, answered=False)
+            raise
+    if isinstance(begun.outcome, TurnResult):
+        return Turn(s, state, replay=begun.outcome)
+    return Turn(s, state, claim=begun.outcome)
+
+
+async def _history(s: Services, session_id: str, in_memory: list[dict[str, Any]] | None,
+                   must_exist: bool) -> list[dict[str, Any]]:
+    """The session's recent messages: memory's copy when it has one, else the repository's answer
+    ("Redis, else MySQL"). Raises UnknownSession when `must_exist` and no backend knows the session."""
+    limit = s.settings.memory_max_turns * 2
+    if in_memory:
+        return in_memory[-limit:]
+    try:
+        history = await s.sessions.read(session_id, limit)
+    except SessionsUnavailable as exc:
+        log.error("session history unavailable, answering without it: %s", exc.__cause__ or exc)
+        return []
+    if history is None:
+        if must_exist:
+            raise UnknownSession(session_id)
+        return []
+    return history

@@ -82,11 +82,13 @@ class MaskingFilter(logging.Filter):
         self.masker = masker
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.masker.enabled:
+        # Every handler (stderr, the log file) carries this filter; the record is masked once.
+        if self.masker.enabled and not getattr(record, "masked", False):
             try:
                 message = record.getMessage()
             except Exception:  # a broken format string must not drop the record
                 return True
             record.msg = self.masker(message)
             record.args = None
+            record.masked = True
         return True

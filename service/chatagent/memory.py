@@ -6,9 +6,22 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .store import StoredMessage
+
+
+@dataclass(frozen=True)
+class TurnOpening:
+    """What a turn reads from session memory before it runs, fetched together (one Redis round trip)."""
+
+    # The request id's record when the claim was not ours (None: we hold the claim now).
+    existing: str | None
+    # The session's messages, oldest first, when a session was named ([] when memory has none).
+    history: list[dict[str, Any]] | None = None
+    # The value under the prefetched cache key (the query embedding), when one was asked for.
+    cached: bytes | None = None
 
 
 class Memory(Protocol):
@@ -23,6 +36,10 @@ class Memory(Protocol):
 
     async def claim_turn(self, request_id: str, pending: str, lease: float) -> str | None:
         """Store `pending` for `lease` seconds unless a record exists; returns the existing record."""
+
+    async def open_turn(self, request_id: str, pending: str, lease: float, session_id: str | None,
+                        prefetch: str | None) -> TurnOpening:
+        """`claim_turn`, plus the session's history and the value under the `prefetch` key."""
 
     async def renew_turn(self, request_id: str, pending: str, lease: float) -> bool:
         """Extend our claim; False when the request id no longer holds `pending`."""
@@ -82,6 +99,31 @@ class RedisMemory:
         if current is None:  # the other claim expired between SET and GET: try again
             return await self.claim_turn(request_id, pending, lease)
         return current.decode() if isinstance(current, bytes) else current
+
+    async def open_turn(self, request_id: str, pending: str, lease: float, session_id: str | None,
+                        prefetch: str | None) -> TurnOpening:
+        # Each round trip costs a cached turn ~8 % of its CPU (socket write, wake-up, parse): the
+        # claim, the history and the embedding go in one pipeline instead of three.
+        key = self.turn_key(request_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, pending, nx=True, px=int(lease * 1000))
+            pipe.get(key)
+            if session_id is not None:
+                pipe.lrange(self.key(session_id), 0, -1)
+            if prefetch is not None:
+                pipe.get(prefetch)
+            replies = await pipe.execute()
+        claimed, current = replies[0], replies[1]
+        rest = replies[2:]
+        history = [json.loads(item) for item in rest.pop(0)] if session_id is not None else None
+        cached = rest.pop(0) if prefetch is not None else None
+        if claimed:
+            existing = None
+        elif current is None:
+            existing = await self.claim_turn(request_id, pending, lease)
+        else:
+            existing = current.decode() if isinstance(current, bytes) else current
+        return TurnOpening(existing, history, cached)
 
     async def renew_turn(self, request_id: str, pending: str, lease: float) -> bool:
         return bool(await self.redis.eval(_RENEW, 1, self.turn_key(request_id), pending, int(lease * 1000)))
@@ -150,6 +192,12 @@ class InProcessMemory:
         if current is None:
             self._set_turn(request_id, pending, lease)
         return current
+
+    async def open_turn(self, request_id: str, pending: str, lease: float, session_id: str | None,
+                        prefetch: str | None) -> TurnOpening:
+        # No shared cache lives here: the query encoder keeps its own LRU without Redis.
+        existing = await self.claim_turn(request_id, pending, lease)
+        return TurnOpening(existing, await self.history(session_id) if session_id is not None else None)
 
     async def renew_turn(self, request_id: str, pending: str, lease: float) -> bool:
         if await self.turn_record(request_id) != pending:

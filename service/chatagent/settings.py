@@ -41,8 +41,10 @@ class Settings(BaseSettings):
     workers: int | None = None
     timeout: int = 120
     graceful_timeout: int = 30
-    max_requests: int = 2000
-    max_requests_jitter: int = 200
+    # A recycled worker reloads the embedder and the index (seconds of CPU, half the capacity
+    # meanwhile); at 2000 the workers restarted every 2-3 s under load. Only a leak guard now.
+    max_requests: int = 100_000
+    max_requests_jitter: int = 10_000
     forwarded_allow_ips: str = "127.0.0.1"
 
     # --- auth and limits
@@ -94,6 +96,9 @@ class Settings(BaseSettings):
     embed_dim: int | None = None
     embed_cache_size: int = 2048
     embed_cache_ttl_seconds: int = 24 * 3600
+    # Concurrent query embeddings of a worker embedded together, at most this many per model call
+    # (1: one at a time).
+    embed_batch_max: int = Field(8, ge=1, le=64)
     top_k: int = 4
     min_score: float | None = None
     intent_min_confidence: float | None = None

@@ -67,6 +67,18 @@ class Claim:
     renewer: asyncio.Task[None] | None = None
 
 
+@dataclass
+class Begun:
+    """A claimed request id, or the earlier answer to it, and what session memory said on the way."""
+
+    outcome: Claim | TurnResult
+    # The session's messages in memory ([] none; None: not asked, or memory could not answer).
+    history: list[dict[str, Any]] | None = None
+    # Memory's value for the prefetch key, when `looked_up`.
+    cached: bytes | None = None
+    looked_up: bool = False
+
+
 def fingerprint(identity: str | None, session_id: str | None, message: str) -> str:
     """Ties a request id to what was asked, so a reused id never returns someone else's answer."""
     raw = "\x00".join((identity or "", session_id or "", message))
@@ -80,30 +92,44 @@ class TurnLedger:
         self.lease = lease
         self.wait = wait
 
-    async def begin(self, request_id: str, fp: str) -> Claim | TurnResult:
-        """Claim the request id for a new turn, or return the earlier answer to it.
+    async def begin(self, request_id: str, fp: str, session_id: str | None = None,
+                    prefetch: str | None = None) -> Begun:
+        """Claim the request id for a new turn, or find the earlier answer to it; on the same round
+        trip, read the history of `session_id` and the value under the `prefetch` key.
 
         Raises RequestIdConflict or TurnInFlight.
         """
         pending = json.dumps({"state": "pending", "fp": fp, "token": uuid.uuid4().hex})
         deadline = time.monotonic() + self.wait
         delay = 0.01
+        begun = Begun(Claim(request_id, fp, None))
+        first = True
         while True:
             try:
-                existing = await self.memory.claim_turn(request_id, pending, self.lease)
+                if first:
+                    opening = await self.memory.open_turn(request_id, pending, self.lease, session_id, prefetch)
+                    existing = opening.existing
+                    begun.history, begun.cached = opening.history, opening.cached
+                    begun.looked_up = prefetch is not None
+                else:  # waiting for another attempt: only the claim is asked again
+                    existing = await self.memory.claim_turn(request_id, pending, self.lease)
             except Exception as exc:
                 log.warning("cannot claim request id in session memory, checking MySQL: %s", exc)
                 earlier = await self._answered_in_mysql(request_id)
-                return earlier if earlier is not None else Claim(request_id, fp, None)
+                begun.outcome = earlier if earlier is not None else Claim(request_id, fp, None)
+                return begun
+            first = False
             if existing is None:
                 claim = Claim(request_id, fp, pending)
                 claim.renewer = asyncio.create_task(self._renew(claim))
-                return claim
+                begun.outcome = claim
+                return begun
             record = json.loads(existing)
             if record.get("fp") != fp:
                 raise RequestIdConflict(request_id)
             if record.get("state") == "done":
-                return TurnResult.from_record(record["result"])
+                begun.outcome = TurnResult.from_record(record["result"])
+                return begun
             if time.monotonic() >= deadline:
                 raise TurnInFlight(request_id)
             await asyncio.sleep(delay)

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field
@@ -67,10 +67,13 @@ async def begin(request: Request, body: ChatRequest, services: Services, identit
 
 @router.post("/chat", response_model=ChatResponse)
 async def chat(request: Request, body: ChatRequest, services: Services = Depends(get_services),
-               identity: str | None = Depends(guard)) -> ChatResponse:
+               identity: str | None = Depends(guard)) -> Response:
     result = await (await begin(request, body, services, identity)).result()
-    return ChatResponse(answer=result.answer, session_id=result.session_id, intent=result.intent,
-                        sources=result.sources, request_id=result.request_id)
+    # Serialised here by pydantic-core: returned as a model, FastAPI would validate it again against
+    # response_model and encode it through jsonable_encoder + json.dumps (response_model stays for the schema).
+    body_json = ChatResponse(answer=result.answer, session_id=result.session_id, intent=result.intent,
+                             sources=result.sources, request_id=result.request_id).model_dump_json()
+    return Response(body_json, media_type="application/json")
 
 
 def sse(event: str, data: Any) -> str:

@@ -104,7 +104,7 @@ def client_address(request: Request) -> str:
     return request.headers.get("x-real-ip", "unknown")
 
 
-def get_public(request: Request) -> PublicSessions:
+async def get_public(request: Request) -> PublicSessions:  # async: no thread-pool hop (deps.get_services)
     return request.app.state.public
 
 
