@@ -21,9 +21,9 @@ export PY_COLORS := 0
 
 # Controller packages: test hosts (nspawn, debootstrap, nft), the venv, the web chat's browser check
 # (chromium, its driver, a CJK font for readable screenshots) and what the service tests start
-# (service/requirements-apt.txt).
+# (service/requirements-apt.txt); wrk for the bench scripts.
 APT_PACKAGES := python3 python3-venv git make curl openssl systemd-container debootstrap \
-	nftables openssh-client iproute2 chromium chromium-driver fonts-wqy-microhei \
+	nftables openssh-client iproute2 chromium chromium-driver fonts-wqy-microhei wrk \
 	$(shell cat service/requirements-apt.txt 2>/dev/null)
 SCENARIOS := $(shell ls -d molecule/*/molecule.yml 2>/dev/null | cut -d/ -f2)
 # The steps of `make test` (lint, syntax, service, scenarios) live in scripts/test.py.
