@@ -12,11 +12,13 @@ export ANSIBLE_ROLES_PATH := $(ROOT)/roles
 # Molecule writes its own ansible.cfg: shared filter plugins come through the environment.
 export ANSIBLE_FILTER_PLUGINS := $(ROOT)/plugins/filter
 export ANSIBLE_FORCE_COLOR := 0
-# Mitogen's strategy runs modules in a persistent Python on each host instead of shipping and starting
-# one per task: a no-op converge of the stack takes half the time (bench/RESULTS.md). Only for runs
-# started by make; a plain `ansible-playbook site.yml` works without it.
+# Opt-in: `make up FAST=1` runs site.yml with mitogen's strategy (modules run in a persistent Python
+# on each host: a no-op converge in about half the time, bench/stack_converge.py). Not the default:
+# its connection broker breaks `wait_for_connection` while test hosts boot.
+ifeq ($(FAST),1)
 export ANSIBLE_STRATEGY_PLUGINS := $(VENV)/mitogen-strategy
 export ANSIBLE_STRATEGY := mitogen_linear
+endif
 export PY_COLORS := 0
 
 # Controller packages: test hosts (nspawn, debootstrap, nft), the venv, the web chat's browser check
