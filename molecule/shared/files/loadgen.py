@@ -75,6 +75,18 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """Connect to another address than the URL's host, keeping the URL's name for SNI (and Host)."""
+
+    def __init__(self, address: str, name: str, port: int, **kw) -> None:
+        super().__init__(address, port, **kw)
+        self._name = name
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._name)
+
+
 def worker(n: int, args: argparse.Namespace, stats: Stats, deadline: float) -> None:
     url = urlsplit(args.url)
     ctx = ssl.create_default_context()
@@ -90,13 +102,16 @@ def worker(n: int, args: argparse.Namespace, stats: Stats, deadline: float) -> N
         rid = uuid.uuid4().hex
         body = json.dumps({"message": QUESTIONS[(n + seq) % len(QUESTIONS)]})
         headers = {"Authorization": f"Bearer {args.key}", "Content-Type": "application/json",
-                   "X-Request-ID": rid}
+                   "X-Request-ID": rid, "Host": url.netloc}
         started = time.monotonic()
         status, reason = None, ""
         for attempt in range(1, args.attempts + 1):
             try:
                 if conn is None:
-                    if url.scheme == "https":
+                    if url.scheme == "https" and args.connect:
+                        conn = PinnedHTTPSConnection(args.connect, url.hostname, url.port or 443,
+                                                     timeout=args.timeout, context=ctx)
+                    elif url.scheme == "https":
                         conn = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=args.timeout,
                                                            context=ctx)
                     else:
@@ -205,6 +220,7 @@ def main() -> int:
     r.add_argument("--timeout", type=float, default=60)
     r.add_argument("--attempts", type=int, default=3)
     r.add_argument("--pause", type=float, default=0.0, help="seconds each worker waits between turns")
+    r.add_argument("--connect", default="", help="address to connect to (the URL's name stays SNI and Host)")
     r.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
     c = sub.add_parser("check")
     c.add_argument("--ids", required=True)
