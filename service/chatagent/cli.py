@@ -112,6 +112,19 @@ def cmd_kb_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kb_use(args: argparse.Namespace) -> int:
+    from .knowledge import KBError
+    from .knowledge.build import use_version
+
+    try:
+        result = use_version(Path(args.out), args.version)
+    except KBError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
 async def _ask(settings: Settings, question: str) -> TurnResult:
     from .app import build_services, close_services
     from .graph import begin_turn
@@ -259,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="embed everything again (ignore the vectors of the last build)")
     build.add_argument("--quiet", action="store_true", help="no progress lines")
     build.set_defaults(func=cmd_kb_build)
+    use = kb.add_parser("use", help="switch DIR/current to an existing VERSION, or `previous` (atomic; "
+                        "running workers reload it)")
+    use.add_argument("version", help="a name under DIR/versions, or `previous`")
+    use.add_argument("--out", required=True, help="the knowledge base dir (holds current and versions/)")
+    use.set_defaults(func=cmd_kb_use)
     stats = kb.add_parser("stats", help="describe a built knowledge base")
     stats.add_argument("dir")
     stats.set_defaults(func=cmd_kb_stats)

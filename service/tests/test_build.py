@@ -85,3 +85,28 @@ def test_index_type_follows_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     kb = KnowledgeBase.load(tmp_path, HashEmbedder(512))
     vector = HashEmbedder(512).embed_queries(["How do I reset my password?"])[0]
     assert kb.search(vector, 3, 0.0, "en")[0].id == "accounts-reset-password-en"
+
+
+def test_use_switches_between_built_versions(tmp_path: Path) -> None:
+    """`kb use previous` goes back one build without rebuilding; a named version goes forward again;
+    unknown versions and a base with nothing older are refused and leave `current` alone."""
+    src = tmp_path / "src"
+    shutil.copytree(SAMPLE, src)
+    out = tmp_path / "kb"
+    first = build_kb(src, out, HashEmbedder(512))
+    with pytest.raises(build_module.KBError, match="no version older"):
+        build_module.use_version(out, "previous")
+    second = build_kb(src, out, HashEmbedder(512), cache=False)
+    assert second["version"] > first["version"]
+
+    back = build_module.use_version(out, "previous")
+    assert back == {"version": first["version"], "previous": second["version"], "count": first["count"]}
+    assert (out / "current").resolve().name == first["version"]
+    assert KnowledgeBase.load(out, HashEmbedder(512)).version == first["version"]
+
+    with pytest.raises(build_module.KBError, match="no version 'nope'"):
+        build_module.use_version(out, "nope")
+    assert (out / "current").resolve().name == first["version"]
+
+    build_module.use_version(out, second["version"])
+    assert (out / "current").resolve().name == second["version"]

@@ -199,7 +199,10 @@ def build_kb(src: Path | None, out: Path, embedder: Embedder, sources: Sources |
             json.dumps([{"intent": i, "text": t} for i, t in intents], ensure_ascii=False), encoding="utf-8"
         )
         checksum = sha256_files([tmp / name for name in PAYLOAD])
-        version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 1_000_000:06d}-{checksum[:8]}"
+        # UTC time to the microsecond first: names sort in build order (`kb use previous` relies on it).
+        now_ns = time.time_ns()
+        version = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns // 1_000_000_000))
+                   + f"-{now_ns // 1000 % 1_000_000:06d}-{checksum[:8]}")
         manifest = {
             "format_version": FORMAT_VERSION,
             "embedder": embedder.kind,
@@ -231,6 +234,31 @@ def build_kb(src: Path | None, out: Path, embedder: Embedder, sources: Sources |
     os.replace(link_tmp, out / "current")
     vcache.save()
     return manifest
+
+
+def use_version(out: Path, version: str) -> dict[str, Any]:
+    """Point `out/current` at an existing version, atomically; `previous` is the version built just
+    before the live one (version names start with their UTC build time). A way back without a rebuild."""
+    versions = sorted(p.name for p in (out / "versions").iterdir() if (p / "manifest.json").exists()) \
+        if (out / "versions").is_dir() else []
+    if not versions:
+        raise KBError(f"no knowledge base versions under {out}/versions")
+    live = os.path.basename(os.path.realpath(out / "current")) if (out / "current").exists() else None
+    if version == "previous":
+        older = [v for v in versions if live is not None and v < live]
+        if not older:
+            raise KBError(f"no version older than the live one ({live}) under {out}/versions")
+        version = older[-1]
+    elif version not in versions:
+        raise KBError(f"no version {version!r} under {out}/versions (have: {', '.join(versions[-5:])})")
+    manifest = json.loads((out / "versions" / version / "manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise KBError(f"version {version} has format {manifest.get('format_version')}, this service reads "
+                      f"format {FORMAT_VERSION}; rebuild it with `chatagent kb build`")
+    link_tmp = out / f".current-{os.getpid()}-{time.time_ns()}"
+    os.symlink(Path("versions") / version, link_tmp)
+    os.replace(link_tmp, out / "current")
+    return {"version": version, "previous": live, "count": manifest.get("count")}
 
 
 def resolve_kb_dir(path: Path) -> Path:
