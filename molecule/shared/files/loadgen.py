@@ -55,6 +55,7 @@ class Stats:
         self.by_status: Counter[str] = Counter()
         self.failures: list[dict] = []
         self.failure_reasons: Counter[str] = Counter()
+        self.stopped_by: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.answered: list[str] = []
@@ -95,8 +96,16 @@ def worker(n: int, args: argparse.Namespace, stats: Stats, deadline: float) -> N
         ctx.verify_mode = ssl.CERT_NONE
     conn = None
     seq = 0
-    while time.monotonic() < deadline and not (args.stop_file and os.path.exists(args.stop_file)):
+    while True:
+        # Why the load ended: only the stop file means it covered the whole event.
+        if args.stop_file and os.path.exists(args.stop_file):
+            stats.stopped_by["stop-file"] += 1
+            break
+        if time.monotonic() >= deadline:
+            stats.stopped_by["duration"] += 1
+            break
         if not stats.take(args.max_requests):
+            stats.stopped_by["max-requests"] += 1
             break
         seq += 1
         rid = uuid.uuid4().hex
@@ -180,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         "failures": stats.failures, "client_retries": sum(stats.retries.values()),
         "client_retry_reasons": dict(stats.retries), "concurrency": args.concurrency,
         "duration_s": round(took, 1), "rps": round(total / took, 1) if took else 0,
+        "stopped_by": sorted(stats.stopped_by),
         "p50_ms": round(percentile(stats.latencies, 50) * 1000, 1),
         "p99_ms": round(percentile(stats.latencies, 99) * 1000, 1),
         "max_ms": round(max(stats.latencies, default=0) * 1000, 1),
