@@ -9,8 +9,10 @@ TOOLS := $(ROOT)/.cache/tools
 export PATH := $(VENV)/bin:$(TOOLS)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export ANSIBLE_ROLES_PATH := $(ROOT)/roles
-# Molecule writes its own ansible.cfg: shared filter plugins come through the environment.
-export ANSIBLE_FILTER_PLUGINS := $(ROOT)/plugins/filter
+# Molecule writes its own ansible.cfg: the roles call the filter plugins by FQCN
+# (chatstack.stack.<filter>), which the checkout resolves through collections/ansible_collections/
+# chatstack/stack, a link to this directory (ansible.cfg's collections_path for plain runs).
+export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/collections
 export ANSIBLE_FORCE_COLOR := 0
 # Opt-in: `make up FAST=1` runs site.yml with mitogen's strategy (modules run in a persistent Python
 # on each host: a no-op converge in about half the time, bench/stack_converge.py). Not the default:

@@ -55,7 +55,7 @@ def converge(private: Path, inventory: Path, playbook: Path, strategy: str = "li
     env = {
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
         "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-        "ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins" / "filter"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         # Plain ansible unless mitogen's strategy is asked for (as `make up FAST=1` does).
         "ANSIBLE_STRATEGY": strategy,

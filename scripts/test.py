@@ -110,7 +110,7 @@ def main() -> int:
     os.environ["PATH"] = f"{VENV_BIN}:{TOOLS_BIN}:{os.environ['PATH']}"
     os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
     os.environ.setdefault("ANSIBLE_ROLES_PATH", str(ROOT / "roles"))
-    os.environ.setdefault("ANSIBLE_FILTER_PLUGINS", str(ROOT / "plugins" / "filter"))
+    os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(ROOT / "collections"))
     os.environ.setdefault("PY_COLORS", "0")
     os.environ.setdefault("ANSIBLE_FORCE_COLOR", "0")
 

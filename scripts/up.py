@@ -92,7 +92,7 @@ def run_playbook(playbook: Path, label: str, limit: str | None = None) -> Progre
         limit=limit,
         envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
                  "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-                 "ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins" / "filter")},
+                 "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections")},
         event_handler=progress,
         quiet=True,
     )

@@ -1,4 +1,4 @@
-"""Filter plugins live in plugins/filter/ (ansible.cfg `filter_plugins`); import them as modules."""
+"""Filter plugins live in plugins/filter/ (the roles call them as chatstack.stack.<filter>); import them as modules."""
 from __future__ import annotations
 
 import sys
