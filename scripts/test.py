@@ -1,7 +1,8 @@
 """`make test`: every check in one run, ending in one summary line.
 
 Steps: yamllint, ansible-lint (production profile), syntax check of site.yml against both
-inventories, the filter plugins' unit tests (tests/unit), the monitoring role's alert rules (promtool
+inventories, the filter plugins' unit tests (tests/unit), the collection built, installed and its
+roles documented by ansible-doc (scripts/collection.py), the monitoring role's alert rules (promtool
 check rules, promtool test rules) and its Prometheus/Alertmanager configuration rendered for a
 multi-host inventory (promtool check config, amtool check-config), the service's pytest suite, then
 (with --molecule) every molecule scenario. A step's
@@ -27,8 +28,8 @@ TOOLS_BIN = ROOT / ".cache" / "tools" / "bin"  # promtool, amtool (`make tools`)
 MONITORING = ROOT / "roles" / "monitoring"
 
 # Longest first, so that the lanes finish close together; the quick harness check runs last.
-SCENARIO_ORDER = ["multihost", "noble", "default", "monitoring", "data", "firewall", "web", "base",
-                  "harness"]
+SCENARIO_ORDER = ["multihost", "noble", "jammy", "default", "monitoring", "data", "firewall", "web",
+                  "base", "harness"]
 LOGS = ROOT / ".cache" / "test-logs"
 
 
@@ -128,6 +129,10 @@ def main() -> int:
                                    str(MONITORING / "tests" / "chatstack.rules.test.yml")], results)
     step("monitoring:configs", ["ansible-playbook", "-i", str(MONITORING / "tests" / "inventory.yml"),
                                 str(MONITORING / "tests" / "render.yml")], results)
+    # The collection (galaxy.yml) builds, installs into a temporary path and documents every role
+    # from its argument spec (the harness scenario then runs roles from it by FQCN on a host).
+    step("collection:build-doc", [sys.executable, str(ROOT / "scripts" / "collection.py"), "all",
+                                  str(ROOT / ".cache" / "collection")], results)
     if (ROOT / "service" / "scripts" / "test.sh").exists():
         step("service", ["bash", "service/scripts/test.sh"], results)
     if a.molecule:
