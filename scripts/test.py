@@ -15,6 +15,7 @@ import argparse
 import concurrent.futures
 import functools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +32,9 @@ MONITORING = ROOT / "roles" / "monitoring"
 SCENARIO_ORDER = ["multihost", "noble", "jammy", "default", "monitoring", "data", "firewall", "web",
                   "base", "harness"]
 LOGS = ROOT / ".cache" / "test-logs"
+# A scenario that hangs must fail on its own, with its log and its machines removed, instead of
+# holding a lane until CI's 90 minutes run out (what happened to stop 12's CI: no log, no verdict).
+SCENARIO_TIMEOUT = int(os.environ.get("CHATSTACK_SCENARIO_TIMEOUT", "3000"))
 
 
 def scenarios() -> list[str]:
@@ -82,20 +86,41 @@ def scenario_cmd(scenario: str) -> list[str]:
     return ["flock", f"/tmp/chatstack-molecule-{scenario}.lock", "molecule", "test", "-s", scenario]
 
 
+def run_bounded(cmd: list[str], out, timeout: float | None) -> int | None:
+    """Run cmd in its own process group; past `timeout` the whole group is killed and None is
+    returned."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
 def step(name: str, cmd: list[str], results: list[tuple[str, str, float]],
-         log: Path | None = None) -> bool:
+         log: Path | None = None, timeout: float | None = None,
+         cleanup: list[str] | None = None) -> bool:
     """Run one step; with `log`, its output goes to that file and is printed whole at the end, so
-    that steps running side by side do not interleave."""
+    that steps running side by side do not interleave. A step past `timeout` is killed, `cleanup`
+    runs, and the step fails."""
     print(f"\n==> {name}: {' '.join(cmd)}" + (f" (log: {log})" if log else ""), flush=True)
     started = time.monotonic()
     if log is None:
         rc = subprocess.run(cmd, cwd=ROOT).returncode
     else:
         with log.open("w") as out:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+            rc = run_bounded(cmd, out, timeout)
+            if rc is None:
+                out.write(f"\n*** {name}: killed after {timeout:.0f}s (CHATSTACK_SCENARIO_TIMEOUT); "
+                          f"cleanup: {' '.join(cleanup or [])}\n")
+                out.flush()
+                if cleanup:
+                    run_bounded(cleanup, out, 600)
         print(f"\n==> {name}: output\n{log.read_text(errors='replace')}", flush=True)
     took = time.monotonic() - started
-    status = "ok" if rc == 0 else f"FAILED(rc={rc})"
+    status = "ok" if rc == 0 else ("FAILED(timeout)" if rc is None else f"FAILED(rc={rc})")
     results.append((name, status, took))
     print(f"<== {name}: {status} in {took:.0f}s", flush=True)
     return rc == 0
@@ -114,6 +139,8 @@ def main() -> int:
     os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(ROOT / "collections"))
     os.environ.setdefault("PY_COLORS", "0")
     os.environ.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    # Each task's start time and duration in the scenario logs: where a slow run spent its time.
+    os.environ.setdefault("ANSIBLE_CALLBACKS_ENABLED", "ansible.posix.profile_tasks")
 
     started = time.monotonic()
     results: list[tuple[str, str, float]] = []
@@ -149,7 +176,8 @@ def main() -> int:
                 runnable.append(s)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
             list(pool.map(lambda s: step(f"molecule:{s}", scenario_cmd(s), results,
-                                         log=LOGS / f"molecule-{s}.log"), runnable))
+                                         log=LOGS / f"molecule-{s}.log", timeout=SCENARIO_TIMEOUT,
+                                         cleanup=["molecule", "destroy", "-s", s]), runnable))
         check_leftovers(before, results)
 
     failed = [r for r in results if r[1] not in ("ok", "skipped")]
