@@ -33,12 +33,16 @@ def testhost(*args: str) -> str:
 
 def converge(private: Path, inventory: Path, playbook: Path, strategy: str = "linear") -> dict:
     counts: Counter[str] = Counter()
+    # Seconds per (role, task) as the callback timed them on the host's side of the run.
+    task_seconds: Counter[tuple[str, str]] = Counter()
     changed_tasks: list[str] = []
     failures: list[str] = []
 
     def on_event(event: dict) -> bool:
         kind = event.get("event", "")
         data = event.get("event_data", {})
+        if kind in ("runner_on_ok", "runner_on_skipped", "runner_on_failed") and data.get("duration"):
+            task_seconds[(data.get("role") or "(play)", data.get("task", "?"))] += float(data["duration"])
         if kind == "runner_on_ok":
             counts["ok"] += 1
             if data.get("res", {}).get("changed"):
@@ -67,7 +71,7 @@ def converge(private: Path, inventory: Path, playbook: Path, strategy: str = "li
                                 envvars=env, event_handler=on_event, quiet=True)
     return {"seconds": round(time.monotonic() - started, 1), "rc": result.rc, "status": result.status,
             **{k: counts[k] for k in ("ok", "changed", "failed", "skipped")}, "changed_tasks": changed_tasks,
-            "failures": failures}
+            "failures": failures, "task_seconds": task_seconds}
 
 
 def main() -> int:
@@ -110,6 +114,15 @@ def main() -> int:
     for label, run in (("fresh converge", first), ("no-op re-converge", second), ("no-op, mitogen (FAST=1)", fast)):
         for failure in run["failures"]:
             print(f"{label} failed: {failure}")
+    # Where a no-op spends its time: by role, and the ten slowest tasks (the rest is the controller's
+    # own work between tasks: templating, conditionals, the strategy loop).
+    timed = second["task_seconds"]
+    by_role: Counter[str] = Counter()
+    for (role, _task), seconds in timed.items():
+        by_role[role] += seconds
+    print(f"no-op: {sum(timed.values()):.1f} s in {len(timed)} timed tasks; by role: "
+          + ", ".join(f"{r} {t:.1f}" for r, t in by_role.most_common()))
+    print("no-op slowest: " + "; ".join(f"{r}/{t} {s:.2f}" for (r, t), s in timed.most_common(10)))
     if second["changed_tasks"]:
         print("changed on re-converge: " + "; ".join(second["changed_tasks"]))
     return 0 if first["rc"] == 0 and second["rc"] == 0 and second["changed"] == 0 and fast["changed"] == 0 else 1
