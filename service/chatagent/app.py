@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +31,7 @@ from .llm import AnswerProvider, ExtractiveProvider, OpenAIProvider
 from .masking import Masker, MaskingFilter
 from .memory import InProcessMemory, Memory, RedisMemory
 from .metrics import Metrics
+from .redis_conn import make_redis
 from .sessions import SessionRepository
 from .settings import Settings
 from .store import MySQLStore, PendingQueue
@@ -193,10 +193,7 @@ class RequestContextMiddleware:
 
 
 async def build_services(settings: Settings, metrics: Metrics) -> Services:
-    redis_client = (
-        aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=15)
-        if settings.redis_url else None
-    )
+    redis_client = make_redis(settings)
     memory: Memory = (
         RedisMemory(redis_client, settings.redis_prefix, settings.memory_max_turns, settings.memory_ttl_seconds)
         if redis_client is not None
@@ -301,14 +298,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = await build_services(settings, metrics)
         app.state.services = services
         app.state.limiter = (
-            RateLimiter(settings.rate_limit, settings.redis_url, settings.redis_prefix)
+            RateLimiter(settings.rate_limit, settings, settings.redis_prefix)
             if settings.rate_limit_enabled else None
         )
         app.state.public = public.build_state(settings) if settings.public_enabled else None
         flusher = asyncio.create_task(flush_pending_forever(services)) if services.store is not None else None
         log.info(
             "chatagent ready: embedder=%s provider=%s redis=%s mysql=%s auth=%s",
-            settings.embedder, settings.llm_provider, "on" if settings.redis_url else "off",
+            settings.embedder, settings.llm_provider, settings.redis_display(),
             settings.mysql_display(), "on" if settings.auth_enabled else "OFF (no CHATAGENT_API_KEYS)",
         )
         try:

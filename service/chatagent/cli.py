@@ -144,7 +144,7 @@ async def _ask(settings: Settings, question: str) -> TurnResult:
 def cmd_ask(args: argparse.Namespace) -> int:
     from .knowledge import read_manifest
 
-    overrides: dict[str, Any] = {"redis_url": None, "mysql_url": None, "mysql_host": None,
+    overrides: dict[str, Any] = {"redis_url": None, "redis_sentinels": [], "mysql_url": None, "mysql_host": None,
                                  "mysql_unix_socket": None, "log_level": "WARNING"}
     if args.kb:
         overrides["kb_dir"] = Path(args.kb)
@@ -206,7 +206,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         outcomes = asyncio.run(_eval_api(args, cases))
         where = args.api
     else:
-        overrides: dict[str, Any] = {"redis_url": None, "mysql_url": None, "mysql_host": None,
+        overrides: dict[str, Any] = {"redis_url": None, "redis_sentinels": [], "mysql_url": None, "mysql_host": None,
                                      "mysql_unix_socket": None, "log_level": "WARNING"}
         kb = Path(args.kb)
         with tempfile.TemporaryDirectory(prefix="chatagent-eval-") as tmp:

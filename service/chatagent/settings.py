@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     # --- backing services
     redis_url: str | None = None
     redis_prefix: str = "chatagent"
+    # Redis through Sentinel (issue 12): `host:port` of every sentinel; when set, the primary is whatever
+    # the sentinels name for `redis_sentinel_service` (redis_url is then not used), with the data ACL
+    # user below and the sentinel ACL user for the sentinels themselves.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_sentinel_service: str = "chatstack"
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_db: int = Field(0, ge=0)
     mysql_url: str | None = None
     mysql_host: str | None = None
     mysql_port: int = 3306
@@ -124,10 +134,19 @@ class Settings(BaseSettings):
     log_file: Path | None = None
     access_log: bool = True
 
-    @field_validator("api_keys", "mask_kinds", "public_allowed_origins", mode="before")
+    @field_validator("api_keys", "mask_kinds", "public_allowed_origins", "redis_sentinels", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"CHATAGENT_REDIS_SENTINELS: {item!r} is not host:port")
+        return value
 
     @model_validator(mode="after")
     def _public_needs_secret_and_origins(self) -> Settings:
@@ -136,6 +155,22 @@ class Settings(BaseSettings):
             raise ValueError("CHATAGENT_PUBLIC_ENABLED needs CHATAGENT_PUBLIC_TOKEN_SECRET and "
                              "CHATAGENT_PUBLIC_ALLOWED_ORIGINS")
         return self
+
+    @property
+    def redis_enabled(self) -> bool:
+        return bool(self.redis_url or self.redis_sentinels)
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for item in self.redis_sentinels:
+            host, _, port = item.rpartition(":")
+            out.append((host.strip("[]"), int(port)))
+        return out
+
+    def redis_display(self) -> str:
+        if self.redis_sentinels:
+            return f"sentinel:{self.redis_sentinel_service}@{','.join(self.redis_sentinels)}"
+        return "on" if self.redis_url else "off"
 
     @property
     def auth_enabled(self) -> bool:

@@ -209,3 +209,126 @@ class LiveServer:
 
 def env_without_chatagent() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CHATAGENT_")}
+
+
+# --------------------------------------------------------------------------------------- Sentinel
+
+
+class SentinelCluster:
+    """A Redis primary, one replica and three sentinels on loopback ports, with the ACL users the
+    redis role creates (app, replication, sentinel, admin) and a client user on the sentinels."""
+
+    service = "chatstack"
+    app_user, app_password = "chatstack", "app-pass-Kq2"
+    repl_user, repl_password = "chatstack-replication", "repl-pass-Vb7"
+    sentinel_user, sentinel_password = "chatstack-sentinel", "sent-pass-Lm4"
+    client_user, client_password = "chatstack-sentinel-client", "client-pass-Rt9"
+    admin_user, admin_password = "chatstack-admin", "admin-pass-Wd3"
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.data_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port(), free_port(), free_port()]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def sentinels(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.sentinel_ports]
+
+    def _data_conf(self, port: int, replica_of: int | None) -> Path:
+        d = self.dir / f"redis-{port}"
+        d.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly no", f"dir {d}",
+            f"logfile {d / 'redis.log'}", "daemonize no",
+            "user default off resetpass -@all",
+            f"user {self.app_user} on >{self.app_password} ~* &* +@all -@admin -@dangerous +eval +evalsha",
+            f"user {self.repl_user} on >{self.repl_password} -@all +psync +replconf +ping",
+            f"user {self.sentinel_user} on >{self.sentinel_password} allchannels -@all +multi +slaveof +ping"
+            " +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill",
+            f"user {self.admin_user} on >{self.admin_password} ~* &* +@all",
+            f"masteruser {self.repl_user}", f"masterauth {self.repl_password}",
+        ]
+        if replica_of is not None:
+            lines.append(f"replicaof 127.0.0.1 {replica_of}")
+        conf = d / "redis.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def _sentinel_conf(self, port: int) -> Path:
+        d = self.dir / f"sentinel-{port}"
+        d.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"port {port}", "bind 127.0.0.1", f"dir {d}", f"logfile {d / 'sentinel.log'}", "daemonize no",
+            f"sentinel monitor {self.service} 127.0.0.1 {self.data_ports[0]} 2",
+            f"sentinel down-after-milliseconds {self.service} 1000",
+            f"sentinel failover-timeout {self.service} 10000",
+            f"sentinel parallel-syncs {self.service} 1",
+            f"sentinel auth-user {self.service} {self.sentinel_user}",
+            f"sentinel auth-pass {self.service} {self.sentinel_password}",
+            # Sentinels talk to each other as the peer user; clients get read-only discovery.
+            "user default off resetpass -@all",
+            f"user sentinel-peer on >{self.sentinel_password} allchannels +@all",
+            f"user {self.client_user} on >{self.client_password} -@all +ping +hello +auth"
+            " +client|setname +sentinel|get-master-addr-by-name +sentinel|masters +sentinel|master"
+            " +sentinel|sentinels +sentinel|slaves +sentinel|replicas",
+            "sentinel sentinel-user sentinel-peer", f"sentinel sentinel-pass {self.sentinel_password}",
+        ]
+        conf = d / "sentinel.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def _spawn(self, port: int, conf: Path, sentinel: bool = False) -> None:
+        argv = [shutil.which("redis-server") or "/usr/bin/redis-server", str(conf)]
+        if sentinel:
+            argv.append("--sentinel")
+        self.procs[port] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        primary, replica = self.data_ports
+        self._spawn(primary, self._data_conf(primary, None))
+        self._spawn(replica, self._data_conf(replica, primary))
+        for port in self.data_ports:
+            wait_for(lambda port=port: self.admin(port).ping(), 15, f"redis {port}")
+        wait_for(lambda: self.admin(replica).info("replication")["master_link_status"] == "up", 20,
+                 "replication link")
+        for port in self.sentinel_ports:
+            self._spawn(port, self._sentinel_conf(port), sentinel=True)
+        # Every sentinel sees the replica and the two other sentinels before a test may kill anything.
+        for port in self.sentinel_ports:
+            wait_for(lambda port=port: self._sentinel_ready(port), 30, f"sentinel {port}")
+
+    def _sentinel_ready(self, port: int) -> bool:
+        state = self.sentinel(port).sentinel_master(self.service)
+        return int(state["num-slaves"]) >= 1 and int(state["num-other-sentinels"]) >= 2
+
+    def admin(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, username=self.admin_user, password=self.admin_password, socket_timeout=2)
+
+    def sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, username=self.client_user, password=self.client_password,
+                           socket_timeout=2, decode_responses=True)
+
+    def master_port(self) -> int:
+        host, port = self.sentinel(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(self.service)
+        return int(port)
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(10)
+
+    def restart_as_configured(self, port: int) -> None:
+        """Starts a killed node again from the config it had (an old primary comes back believing
+        it is still the primary); Sentinel has to turn it into a replica."""
+        self._spawn(port, self.dir / f"redis-{port}" / "redis.conf")
+        wait_for(lambda: self.admin(port).ping(), 15, f"redis {port}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        self.procs.clear()

@@ -18,6 +18,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from ..graph import Services
+from ..redis_conn import limits_storage
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +38,14 @@ async def get_services(request: Request) -> Services:
 class RateLimiter:
     """`limits` moving window, in Redis when configured so every Gunicorn worker shares the counters."""
 
-    def __init__(self, spec: str, redis_url: str | None, prefix: str) -> None:
+    def __init__(self, spec: str, settings: Settings, prefix: str) -> None:
         self.item: RateLimitItem = parse(spec)
         self.prefix = prefix
-        if redis_url:
-            scheme, rest = redis_url.split("://", 1)
-            uri = {"redis": "async+redis", "rediss": "async+rediss", "unix": "async+redis+unix"}.get(scheme, scheme)
+        storage = limits_storage(settings)
+        if storage is not None:
+            uri, options = storage
             self.storage: Storage = storage_from_string(
-                f"{uri}://{rest}", implementation="redispy", key_prefix=f"{prefix}:ratelimit",
-                socket_timeout=2, socket_connect_timeout=2,
+                uri, implementation="redispy", key_prefix=f"{prefix}:ratelimit", **options,
             )
         else:
             self.storage = MemoryStorage()

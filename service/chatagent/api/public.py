@@ -50,9 +50,9 @@ def build_state(settings: Settings) -> PublicSessions:
     assert settings.public_token_secret is not None  # Settings refuses public mode without one
     return PublicSessions(
         tokens=PublicTokens(settings.public_token_secret.get_secret_value(), settings.public_token_ttl_seconds),
-        per_session=RateLimiter(settings.public_rate_limit_session, settings.redis_url,
+        per_session=RateLimiter(settings.public_rate_limit_session, settings,
                                 f"{settings.redis_prefix}:public:session"),
-        per_address=RateLimiter(settings.public_rate_limit_address, settings.redis_url,
+        per_address=RateLimiter(settings.public_rate_limit_address, settings,
                                 f"{settings.redis_prefix}:public:address"),
     )
 
