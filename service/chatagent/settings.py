@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     redis_db: int = Field(0, ge=0)
     mysql_url: str | None = None
     mysql_host: str | None = None
+    # Replicated MySQL/MariaDB (issue 12): every server (`host` or `host:port`); the service writes to
+    # the one that is not read_only (replicas are), so a promotion needs no restart. Used when
+    # mysql_url and mysql_host are unset.
+    mysql_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     mysql_port: int = 3306
     mysql_user: str = "chatagent"
     mysql_password: SecretStr | None = None
@@ -134,7 +138,8 @@ class Settings(BaseSettings):
     log_file: Path | None = None
     access_log: bool = True
 
-    @field_validator("api_keys", "mask_kinds", "public_allowed_origins", "redis_sentinels", mode="before")
+    @field_validator("api_keys", "mask_kinds", "public_allowed_origins", "redis_sentinels", "mysql_hosts",
+                     mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)
@@ -201,9 +206,13 @@ class Settings(BaseSettings):
             if "unix_socket" in query:
                 params["unix_socket"] = unquote(query["unix_socket"])
             return params
-        if self.mysql_host or self.mysql_unix_socket:
+        if self.mysql_host or self.mysql_unix_socket or self.mysql_hosts:
+            hosts = []
+            for item in self.mysql_hosts:
+                host, sep, port = item.rpartition(":")
+                hosts.append((host.strip("[]"), int(port)) if sep and port.isdigit() else (item, self.mysql_port))
             params = {
-                "host": self.mysql_host or "localhost",
+                "host": self.mysql_host or (hosts[0][0] if hosts else "localhost"),
                 "port": self.mysql_port,
                 "user": self.mysql_user,
                 "password": self.mysql_password.get_secret_value() if self.mysql_password else "",
@@ -211,6 +220,10 @@ class Settings(BaseSettings):
             }
             if self.mysql_unix_socket:
                 params["unix_socket"] = self.mysql_unix_socket
+            if len(hosts) > 1 and not self.mysql_host and not self.mysql_unix_socket:
+                params["hosts"] = hosts
+            elif hosts and not self.mysql_host:
+                params["port"] = hosts[0][1]
             return params
         return None
 
@@ -219,6 +232,8 @@ class Settings(BaseSettings):
         if not params:
             return "disabled"
         where = params.get("unix_socket") or f"{params['host']}:{params['port']}"
+        if params.get("hosts"):
+            where = ",".join(f"{h}:{p}" for h, p in params["hosts"])  # type: ignore[union-attr]
         return f"mysql://{quote(str(params['user']))}:***@{where}/{params['database']}"
 
 

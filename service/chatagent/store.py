@@ -86,11 +86,45 @@ WRITE_OP: TypeAdapter[WriteOp] = TypeAdapter(WriteOp)
 class MySQLStore:
     def __init__(self, params: dict[str, Any], connect_timeout: float = 3.0, pool_size: int = 8) -> None:
         self.params = dict(params)
+        # Several servers (a primary and its replicas): connections go to the one that takes writes.
+        self.hosts: list[tuple[str, int]] = list(self.params.pop("hosts", None) or [])
+        self._writable = 0  # index in hosts of the last server found writable
         self.connect_timeout = connect_timeout
         self._pool: queue.LifoQueue[pymysql.connections.Connection] = queue.LifoQueue(maxsize=pool_size)
 
     def _connect(self, database: bool = True) -> pymysql.connections.Connection:
-        params = dict(self.params)
+        if not self.hosts:
+            return self._connect_to(dict(self.params), database)
+        # The last writable server first, then the others; a read_only server (a replica, or an old
+        # primary that came back) is never written to.
+        order = self.hosts[self._writable:] + self.hosts[:self._writable]
+        seen: list[str] = []
+        for host, port in order:
+            try:
+                conn = self._connect_to({**self.params, "host": host, "port": port}, database)
+            except pymysql.err.MySQLError as exc:
+                seen.append(f"{host}:{port} unreachable ({exc.args[0] if exc.args else exc})")
+                continue
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT @@global.read_only AS ro")
+                    read_only = bool(int(cur.fetchone()["ro"]))
+            except pymysql.err.MySQLError as exc:
+                conn.close()
+                seen.append(f"{host}:{port} failed ({exc})")
+                continue
+            if read_only:
+                conn.close()
+                seen.append(f"{host}:{port} read-only")
+                continue
+            index = self.hosts.index((host, port))
+            if index != self._writable:
+                log.warning("MySQL writes go to %s:%s now (%s)", host, port, "; ".join(seen) or "first found")
+                self._writable = index
+            return conn
+        raise pymysql.err.OperationalError(2003, "no writable MySQL server: " + "; ".join(seen))
+
+    def _connect_to(self, params: dict[str, Any], database: bool) -> pymysql.connections.Connection:
         if not database:
             params.pop("database", None)
         return pymysql.connect(
