@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import chat, health, openai_compat, public, sessions
-from .api.deps import RateLimiter
+from .api.deps import RateLimiter, owed_charge
 from .graph import Services, UnknownSession, build_flow
 from .knowledge import KnowledgeStore, QueryEncoder, build_kb, make_embedder, read_manifest
 from .llm import AnswerProvider, ExtractiveProvider, OpenAIProvider
@@ -333,6 +333,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refusal = await owed_charge(request)
+        if refusal is not None:  # over the limit: the 429 comes first, as when the hit came first
+            return await http_error(request, refusal)
         errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
         fields = [".".join(str(p) for p in e.get("loc", ())[1:]) or str(e.get("loc", [""])[0]) for e in errors]
         return JSONResponse(

@@ -19,6 +19,7 @@ from langgraph.graph.state import CompiledStateGraph
 from .knowledge import HANDOFF_INTENT, CacheLookup, Hit, KnowledgeStore, QueryEncoder, detect_lang, retrieval_vector
 from .llm import AnswerProvider, ExtractiveProvider, LLMError
 from .masking import Masker
+from .memory import RateCheck
 from .metrics import Metrics
 from .sessions import SessionRepository, SessionsUnavailable
 from .settings import Settings
@@ -328,14 +329,17 @@ class Turn:
 async def begin_turn(s: Services, *, message: str, session_id: str | None, request_id: str,
                      identity: str | None = None, user_id: str | None = None,
                      history: list[dict[str, Any]] | None = None, persist: bool = True,
-                     must_exist: bool = False) -> Turn:
+                     must_exist: bool = False, rate: RateCheck | None = None) -> Turn:
     """Prepare a turn: the session's history (unless given) and the claim on `request_id`.
 
     `session_id` None starts a new session. `must_exist` raises UnknownSession when no backend
     knows `session_id`. Raises RequestIdConflict / TurnInFlight (turns.py) for a reused request id.
     A retry of an answered request gets a Turn that replays the stored answer. Stateless turns
-    (`persist` False) store nothing, so they need no claim.
+    (`persist` False) store nothing, so they need no claim. `rate` is hit on the claim's round
+    trip (RateLimited when refused); only persisted turns take one.
     """
+    if rate is not None and not persist:
+        raise ValueError("a rate check rides on the request-id claim; stateless turns have none")
     fp = fingerprint(identity, session_id, message)
     state: TurnState = {
         "request_id": request_id, "session_id": session_id or uuid.uuid4().hex, "user_id": user_id,
@@ -348,7 +352,7 @@ async def begin_turn(s: Services, *, message: str, session_id: str | None, reque
             state["history"] = await _history(s, session_id, None, must_exist)  # type: ignore[arg-type]
         return Turn(s, state)
     begun = await s.turns.begin(request_id, fp, session_id if read_history else None,
-                                s.encoder.shared_key(message))
+                                s.encoder.shared_key(message), rate)
     if begun.looked_up:
         state["cached_embedding"] = CacheLookup(begun.cached)
     if read_history:

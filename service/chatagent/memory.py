@@ -3,13 +3,31 @@ and the per-request-id turn records that make a retried turn replay instead of r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Protocol
 
 from .store import StoredMessage
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    """One hit on a moving-window rate limit, taken in the turn's opening pipeline."""
+
+    key: str  # the counter's full Redis key (the one `limits` uses for the same limit and subject)
+    limit: int
+    expiry: int  # window, seconds
+
+
+# limits' own moving-window script: a hit folded into the opening pipeline counts on the same list,
+# with the same rule, as a hit through `limits` on the routes that are not turns.
+_ACQUIRE_MOVING_WINDOW = (
+    resources.files("limits") / "resources" / "redis" / "lua_scripts" / "acquire_moving_window.lua"
+).read_text()
 
 
 @dataclass(frozen=True)
@@ -22,6 +40,8 @@ class TurnOpening:
     history: list[dict[str, Any]] | None = None
     # The value under the prefetched cache key (the query embedding), when one was asked for.
     cached: bytes | None = None
+    # The rate-limit check refused the turn (nothing else in the opening counts then).
+    limited: bool = False
 
 
 class Memory(Protocol):
@@ -38,8 +58,9 @@ class Memory(Protocol):
         """Store `pending` for `lease` seconds unless a record exists; returns the existing record."""
 
     async def open_turn(self, request_id: str, pending: str, lease: float, session_id: str | None,
-                        prefetch: str | None) -> TurnOpening:
-        """`claim_turn`, plus the session's history and the value under the `prefetch` key."""
+                        prefetch: str | None, rate: RateCheck | None = None) -> TurnOpening:
+        """`claim_turn`, plus the session's history, the value under the `prefetch` key and a hit on
+        the `rate` limit. Only memory that holds the rate counters (Redis) is given a `rate`."""
 
     async def renew_turn(self, request_id: str, pending: str, lease: float) -> bool:
         """Extend our claim; False when the request id no longer holds `pending`."""
@@ -101,11 +122,15 @@ class RedisMemory:
         return current.decode() if isinstance(current, bytes) else current
 
     async def open_turn(self, request_id: str, pending: str, lease: float, session_id: str | None,
-                        prefetch: str | None) -> TurnOpening:
+                        prefetch: str | None, rate: RateCheck | None = None) -> TurnOpening:
         # Each round trip costs a cached turn ~8 % of its CPU (socket write, wake-up, parse): the
-        # claim, the history and the embedding go in one pipeline instead of three.
+        # rate limit, the claim, the history and the embedding go in one pipeline instead of four.
+        # EVAL, not EVALSHA: redis-py's pipelined scripts ask SCRIPT EXISTS first, a round trip per
+        # turn; Redis looks the script up by its digest in its own cache either way.
         key = self.turn_key(request_id)
         async with self.redis.pipeline(transaction=False) as pipe:
+            if rate is not None:
+                pipe.eval(_ACQUIRE_MOVING_WINDOW, 1, rate.key, time.time(), rate.limit, rate.expiry, 1)
             pipe.set(key, pending, nx=True, px=int(lease * 1000))
             pipe.get(key)
             if session_id is not None:
@@ -113,10 +138,19 @@ class RedisMemory:
             if prefetch is not None:
                 pipe.get(prefetch)
             replies = await pipe.execute()
+        # Lua's false comes back as None.
+        limited = rate is not None and not replies.pop(0)
         claimed, current = replies[0], replies[1]
         rest = replies[2:]
         history = [json.loads(item) for item in rest.pop(0)] if session_id is not None else None
         cached = rest.pop(0) if prefetch is not None else None
+        if limited:
+            # Refused: the claim taken alongside is given back, as if the turn had never asked (if
+            # that fails, the lease runs out by itself; the refusal stands either way).
+            if claimed:
+                with contextlib.suppress(Exception):
+                    await self.release_turn(request_id, pending)
+            return TurnOpening(None, limited=True)
         if claimed:
             existing = None
         elif current is None:
@@ -194,8 +228,11 @@ class InProcessMemory:
         return current
 
     async def open_turn(self, request_id: str, pending: str, lease: float, session_id: str | None,
-                        prefetch: str | None) -> TurnOpening:
-        # No shared cache lives here: the query encoder keeps its own LRU without Redis.
+                        prefetch: str | None, rate: RateCheck | None = None) -> TurnOpening:
+        # No shared cache lives here: the query encoder keeps its own LRU without Redis; nor rate
+        # counters (without Redis the limiter keeps them in the worker and is asked directly).
+        if rate is not None:
+            raise ValueError("in-process memory holds no rate-limit counters")
         existing = await self.claim_turn(request_id, pending, lease)
         return TurnOpening(existing, await self.history(session_id) if session_id is not None else None)
 

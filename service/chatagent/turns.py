@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .memory import Memory
+from .memory import Memory, RateCheck
 from .store import MySQLStore, Source
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ class TurnInFlight(Exception):
     """The same request id is still being answered elsewhere and did not finish within the wait."""
 
 
+class RateLimited(Exception):
+    """The rate-limit hit taken with the turn's opening was refused; the turn did not start."""
+
+
 @dataclass
 class Claim:
     request_id: str
@@ -93,11 +97,13 @@ class TurnLedger:
         self.wait = wait
 
     async def begin(self, request_id: str, fp: str, session_id: str | None = None,
-                    prefetch: str | None = None) -> Begun:
+                    prefetch: str | None = None, rate: RateCheck | None = None) -> Begun:
         """Claim the request id for a new turn, or find the earlier answer to it; on the same round
-        trip, read the history of `session_id` and the value under the `prefetch` key.
+        trip, hit the `rate` limit and read the history of `session_id` and the value under the
+        `prefetch` key. Without session memory the limit is not checked (it fails open, like the
+        limiter on its own).
 
-        Raises RequestIdConflict or TurnInFlight.
+        Raises RateLimited, RequestIdConflict or TurnInFlight.
         """
         pending = json.dumps({"state": "pending", "fp": fp, "token": uuid.uuid4().hex})
         deadline = time.monotonic() + self.wait
@@ -107,7 +113,8 @@ class TurnLedger:
         while True:
             try:
                 if first:
-                    opening = await self.memory.open_turn(request_id, pending, self.lease, session_id, prefetch)
+                    opening = await self.memory.open_turn(request_id, pending, self.lease, session_id, prefetch,
+                                                          rate)
                     existing = opening.existing
                     begun.history, begun.cached = opening.history, opening.cached
                     begun.looked_up = prefetch is not None
@@ -118,6 +125,8 @@ class TurnLedger:
                 earlier = await self._answered_in_mysql(request_id)
                 begun.outcome = earlier if earlier is not None else Claim(request_id, fp, None)
                 return begun
+            if first and opening.limited:
+                raise RateLimited(request_id)
             first = False
             if existing is None:
                 claim = Claim(request_id, fp, pending)
