@@ -7,10 +7,10 @@ import contextlib
 import json
 import logging
 import logging.handlers
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,18 @@ class RequestContextMiddleware:
         self.app = app
         self.metrics = metrics
         self.enabled_log = enabled_log
+        # (method, route, status) → its request counter and duration histogram: prometheus_client's
+        # labels() validates and locks on every call. Bounded by the routes × methods × statuses seen.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.metrics.requests.labels(method, route, str(status)),
+                                              self.metrics.request_duration.labels(method, route))
+        children[0].inc()
+        children[1].observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,7 +166,8 @@ class RequestContextMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        # os.urandom(16).hex() is uuid4().hex's randomness without building a UUID object.
+        request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -173,8 +186,7 @@ class RequestContextMiddleware:
             # Label by route template, never the raw path: ids in paths would explode cardinality.
             route_label = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(scope["method"], route_label, str(status)).inc()
-            self.metrics.request_duration.labels(scope["method"], route_label).observe(elapsed)
+            self._observe(scope["method"], route_label, status, elapsed)
             if status >= 500:
                 self.metrics.errors.labels(route=route_label).inc()
             if self.enabled_log:

@@ -77,9 +77,10 @@ async def chat(request: Request, body: ChatRequest, caller: Caller = Depends(tur
     services: Services = request.app.state.services
     result = await (await begin(request, body, services, caller)).result()
     # Serialised here by pydantic-core: returned as a model, FastAPI would validate it again against
-    # response_model and encode it through jsonable_encoder + json.dumps (response_model stays for the schema).
-    body_json = ChatResponse(answer=result.answer, session_id=result.session_id, intent=result.intent,
-                             sources=result.sources, request_id=result.request_id).model_dump_json()
+    # response_model and encode it through jsonable_encoder + json.dumps (response_model stays for the
+    # schema). Constructed without validation: TurnResult's fields are already these types.
+    body_json = ChatResponse.model_construct(answer=result.answer, session_id=result.session_id, intent=result.intent,
+                                             sources=result.sources, request_id=result.request_id).model_dump_json()
     return Response(body_json, media_type="application/json")
 
 
