@@ -57,6 +57,7 @@ BUCKETS: list[tuple[str, re.Pattern[str]]] = [
 PLUMBING = re.compile(r"(^|/)(asyncio/|concurrent/|(selectors|socket|ssl|threading|contextlib|functools|queue)\.py)")
 # Leaves that are a thread or the event loop waiting (py-spy's idle detection misses some).
 IDLE = re.compile(r"^(Condition\.wait|Event\.wait|EpollSelector\.select|_worker|Queue\.get) \(")
+RATE = 250  # py-spy samples per second
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:]*):?(?P<line>\d*)\)$")
 
 WRK_SCRIPT = """
@@ -86,7 +87,7 @@ def classify(stack: list[str]) -> str:
     return "event loop / stdlib"
 
 
-def summarise(raw: Path, top: int) -> None:
+def summarise(raw: Path, top: int) -> int:
     buckets: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
     total = 0
@@ -112,6 +113,7 @@ def summarise(raw: Path, top: int) -> None:
     print(f"\nhottest functions (self time, top {top}):")
     for name, count in leaves.most_common(top):
         print(f"  {100 * count / total:5.1f} %  {name}")
+    return total
 
 
 def main() -> int:
@@ -150,7 +152,7 @@ def main() -> int:
             subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
                            check=True, capture_output=True)  # warm-up: caches, connections
             worker = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0]
-            spy = subprocess.Popen([str(py_spy), "record", "--pid", worker, "--rate", "250", "--format", "raw", "--full-filenames",
+            spy = subprocess.Popen([str(py_spy), "record", "--pid", worker, "--rate", str(RATE), "--format", "raw", "--full-filenames",
                                     "--duration", str(args.seconds), "--nonblocking", "--output", str(raw)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             load = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
@@ -164,13 +166,19 @@ def main() -> int:
         redis_srv.stop()
         maria.stop()
     rps = re.search(r"Requests/sec:\s+([\d.]+)", load.stdout)
+    done = re.search(r"(\d+) requests in", load.stdout)
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", load.stdout, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", load.stdout)
     print(f"# profile of a {args.mode} chat turn — {time.strftime('%Y-%m-%d %H:%M:%S')}, source {service_dir}, "
           f"1 worker, wrk {args.connections} connections {args.seconds}s, load avg {os.getloadavg()[0]:.1f}")
     print(f"wrk: {rps.group(1) if rps else '?'} req/s, p50 {lat.get('50')}, p99 {lat.get('99')}, "
           f"non-2xx {non2xx.group(1) if non2xx else 0}; MySQL message rows written: {rows}")
-    summarise(raw, args.top)
+    total = summarise(raw, args.top)
+    if done and int(done.group(1)):
+        # The comparable figure across runs: CPU per turn, not req/s (which moves with host load).
+        per_turn = total / int(done.group(1))
+        print(f"samples per turn: {total} / {done.group(1)} requests = {per_turn:.3f} "
+              f"({per_turn * 1000 / RATE:.2f} ms of sampled time)")
     return 0
 
 
