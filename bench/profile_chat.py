@@ -75,6 +75,12 @@ end
 """
 
 
+def cpu_seconds(pid: str) -> float:
+    """utime + stime of the process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def classify(stack: list[str]) -> str:
     for frame in reversed(stack):  # innermost last in py-spy's raw output
         match = FRAME.match(frame)
@@ -152,12 +158,14 @@ def main() -> int:
             subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
                            check=True, capture_output=True)  # warm-up: caches, connections
             worker = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0]
+            cpu_before = cpu_seconds(worker)
             spy = subprocess.Popen([str(py_spy), "record", "--pid", worker, "--rate", str(RATE), "--format", "raw", "--full-filenames",
                                     "--duration", str(args.seconds), "--nonblocking", "--output", str(raw)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             load = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
                                    "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
                                   check=True, capture_output=True, text=True)
+            cpu_used = cpu_seconds(worker) - cpu_before  # before spy.wait: py-spy's own unwinding is not the worker's
             spy.wait(60)
         finally:
             stop(proc)
@@ -179,6 +187,9 @@ def main() -> int:
         per_turn = total / int(done.group(1))
         print(f"samples per turn: {total} / {done.group(1)} requests = {per_turn:.3f} "
               f"({per_turn * 1000 / RATE:.2f} ms of sampled time)")
+        # Sampled time counts a runnable thread waiting for a core; the worker's CPU time does not.
+        print(f"worker CPU per turn: {cpu_used * 1000 / int(done.group(1)):.3f} ms "
+              f"({cpu_used:.2f} s utime+stime over the load)")
     return 0
 
 

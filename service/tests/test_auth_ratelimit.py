@@ -61,8 +61,8 @@ def test_rate_limit_per_ip_without_keys(client_factory) -> None:
     assert client.get("/health").status_code == 200  # probes are never limited
 
 
-def test_chat_turn_takes_its_rate_limit_hit_in_the_opening_pipeline(client_factory, redis_server) -> None:
-    # The turn's hit rides on the request-id claim's pipeline (no `limits` call): it must count on
+def test_chat_turn_takes_its_rate_limit_hit_in_its_opening_redis_call(client_factory, redis_server) -> None:
+    # The turn's hit rides on the request-id claim's Redis call (no `limits` call): it must count on
     # the same Redis list as the standalone limiter, refuse the turn before it claims or stores
     # anything, and answer the same 429 JSON.
     client = client_factory(api_keys="k1", rate_limit="3/minute")

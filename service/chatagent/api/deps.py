@@ -65,7 +65,7 @@ class RateLimiter:
         return max(1.0, stats.reset_time - time.time())
 
     def check(self, identity: str) -> RateCheck | None:
-        """The hit as a chat turn takes it in its opening pipeline: the counter `limits` keeps for
+        """The hit as a chat turn takes it in its opening Redis call: the counter `limits` keeps for
         `identity` (its storage prefixes `{prefix}:ratelimit`). None when the counters are in-process."""
         if not self.shared:
             return None
@@ -91,7 +91,7 @@ async def charge(limiter: RateLimiter, who: str, metrics: Metrics) -> HTTPExcept
 
 
 async def refused(limiter: RateLimiter, who: str, metrics: Metrics) -> HTTPException:
-    """The 429 for a hit that a turn's opening pipeline was refused."""
+    """The 429 for a hit that a turn's opening was refused."""
     metrics.rate_limited.inc()
     try:
         return too_many(await limiter.retry_after(who))
@@ -157,7 +157,7 @@ class Caller:
     """An authenticated chat-turn caller, and the rate-limit hit its turn still owes."""
 
     identity: str | None
-    # Taken in the turn's opening Redis pipeline; None when already charged (or no limit).
+    # Taken in the turn's opening Redis call; None when already charged (or no limit).
     rate: RateCheck | None
     subject: str
 
@@ -165,7 +165,7 @@ class Caller:
 async def turn_caller(request: Request,
                       credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
     """`guard` for the chat-turn routes, one dependency layer: auth now, the rate-limit hit deferred
-    to the turn's opening Redis pipeline (one round trip fewer). Until the turn settles it (see
+    to the turn's opening Redis call (one round trip fewer). Until the turn settles it (see
     `settle`), a 422 on the way (body or message) is charged by the validation handler through
     `owed_charge`, so every authenticated request counts, in the same order (429 before 422), as
     with `guard`."""
@@ -186,12 +186,12 @@ async def turn_caller(request: Request,
 
 
 def settle(request: Request) -> None:
-    """The turn takes the hit from here on (its opening pipeline)."""
+    """The turn takes the hit from here on (its opening Redis call)."""
     request.state.rate_owed = None
 
 
 async def owed_charge(request: Request) -> HTTPException | None:
-    """A request that ends before its turn's pipeline (a 422) pays its deferred hit here."""
+    """A request that ends before its turn's opening (a 422) pays its deferred hit here."""
     who = getattr(request.state, "rate_owed", None)
     if who is None:
         return None
