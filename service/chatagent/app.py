@@ -93,21 +93,25 @@ def configure_logging(settings: Settings) -> None:
 # -------------------------------------------------------------------------------------- middleware
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over the limit with 413 before any parsing happens."""
+class RequestContextMiddleware:
+    """Request id, Prometheus request metrics, one JSON access-log line per request, and the body
+    limit: bodies over `max_bytes` are refused with 413 before any parsing happens (one ASGI layer
+    and one pass over the headers for all of it; the 413 is counted and logged like any answer)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, enabled_log: bool, max_bytes: int) -> None:
         self.app = app
+        self.metrics = metrics
+        self.enabled_log = enabled_log
         self.max_bytes = max_bytes
+        # (method, route, status) → its request counter and duration histogram: prometheus_client's
+        # labels() validates and locks on every call. Bounded by the routes × methods × statuses seen.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+    async def _read_body(self, declared: bytes | None, receive: Receive, send: Send) -> Receive | None:
+        """The whole body, read ahead and handed on by a replaying `receive`; None after a 413."""
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._refuse(send)
-            return
+            return None
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -118,7 +122,7 @@ class BodyLimitMiddleware:
             size += len(chunks[-1])
             if size > self.max_bytes:
                 await self._refuse(send)
-                return
+                return None
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
@@ -131,25 +135,13 @@ class BodyLimitMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        return replay
 
     async def _refuse(self, send: Send) -> None:
         payload = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
-
-
-class RequestContextMiddleware:
-    """Request id, Prometheus request metrics and one JSON access-log line per request."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, enabled_log: bool) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.enabled_log = enabled_log
-        # (method, route, status) → its request counter and duration histogram: prometheus_client's
-        # labels() validates and locks on every call. Bounded by the routes × methods × statuses seen.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
         key = (method, route, status)
@@ -164,8 +156,13 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        incoming = ""
+        declared: bytes | None = None
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = value
         # os.urandom(16).hex() is uuid4().hex's randomness without building a UUID object.
         request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
@@ -180,7 +177,9 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            replay = await self._read_body(declared, receive, send_wrapper)
+            if replay is not None:
+                await self.app(scope, replay, send_wrapper)
         finally:
             route = scope.get("route")
             # Label by route template, never the raw path: ids in paths would explode cardinality.
@@ -382,6 +381,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal error", "request_id": getattr(request.state, "request_id", None)},
                             status_code=500)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, enabled_log=settings.access_log)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, enabled_log=settings.access_log,
+                       max_bytes=settings.max_body_bytes)
     return app
