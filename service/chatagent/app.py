@@ -334,6 +334,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="chatagent", version="0.1.0", lifespan=lifespan,
         description="Customer-service chat API: native JSON/SSE endpoints and an OpenAI-compatible surface.",
+        # Metrics are Prometheus (metrics.py) and nothing installs an OpenTelemetry SDK; FastAPI's
+        # native telemetry would still look for a configured provider (environment reads) per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(health.router)
     app.include_router(chat.router)

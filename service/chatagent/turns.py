@@ -15,8 +15,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +108,7 @@ class TurnLedger:
 
         Raises RateLimited, RequestIdConflict or TurnInFlight.
         """
-        pending = json.dumps({"state": "pending", "fp": fp, "token": uuid.uuid4().hex})
+        pending = json.dumps({"state": "pending", "fp": fp, "token": os.urandom(16).hex()})
         deadline = time.monotonic() + self.wait
         delay = 0.01
         begun = Begun(Claim(request_id, fp, None))
