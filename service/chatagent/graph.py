@@ -234,14 +234,13 @@ def build_flow(services: Services) -> Flow:
     )
 
 
-async def persist(s: Services, state: dict[str, Any]) -> bool:
-    """Store the answered turn: session memory with its request-id record, and MySQL. True when the
-    session memory has it (then a retry finds the record)."""
+async def persist(s: Services, state: dict[str, Any], result: TurnResult) -> bool:
+    """Store the answered turn (`result` is `result_of(state)`): session memory with its request-id
+    record, and MySQL. True when the session memory has it (then a retry finds the record)."""
     if not state.get("persist", True):
         return False
     now = time.time()
     mask = s.masker
-    result = result_of(state)
     # What is stored (and replayed to a retry) is masked, like everything else at rest.
     answer = mask(state["answer"])
     rid = state["request_id"]
@@ -298,8 +297,9 @@ class Turn:
                         yield "token", chunk["token"]
                 else:
                     final = chunk
-            self.remembered = await persist(self.services, final)
-        yield "final", result_of(final)
+            result = result_of(final)
+            self.remembered = await persist(self.services, final, result)
+        yield "final", result
 
     async def result(self) -> TurnResult:
         """The answer without intermediate events (cheaper: no streaming, no Pregel loop)."""
@@ -307,8 +307,9 @@ class Turn:
             return self.replay
         async with self._claimed():
             final = await self._flow.run(self.state)
-            self.remembered = await persist(self.services, final)
-        return result_of(final)
+            result = result_of(final)
+            self.remembered = await persist(self.services, final, result)
+        return result
 
     @property
     def _flow(self) -> Flow:
