@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict
@@ -343,7 +343,7 @@ async def begin_turn(s: Services, *, message: str, session_id: str | None, reque
         raise ValueError("a rate check rides on the request-id claim; stateless turns have none")
     fp = fingerprint(identity, session_id, message)
     state: TurnState = {
-        "request_id": request_id, "session_id": session_id or uuid.uuid4().hex, "user_id": user_id,
+        "request_id": request_id, "session_id": session_id or os.urandom(16).hex(), "user_id": user_id,
         "message": message, "lang": detect_lang(message), "persist": persist, "history": history or [],
         "fingerprint": fp,
     }

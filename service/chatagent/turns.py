@@ -108,7 +108,8 @@ class TurnLedger:
 
         Raises RateLimited, RequestIdConflict or TurnInFlight.
         """
-        pending = json.dumps({"state": "pending", "fp": fp, "token": os.urandom(16).hex()})
+        # json.dumps's exact output, without an encoder per turn: both values are hex.
+        pending = f'{{"state": "pending", "fp": "{fp}", "token": "{os.urandom(16).hex()}"}}'
         deadline = time.monotonic() + self.wait
         delay = 0.01
         begun = Begun(Claim(request_id, fp, None))

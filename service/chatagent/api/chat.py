@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from ..graph import Services, Turn, begin_turn
 from ..store import Source
 from ..turns import RateLimited
-from .deps import SESSION_ID_PATTERN, Caller, clean_text, refused, settle, turn_caller
+from .deps import BEARER_SECURITY, SESSION_ID_PATTERN, Caller, clean_text, refused, settle, turn_caller
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ async def begin(request: Request, body: ChatRequest, services: Services, caller:
         raise await refused(request.app.state.limiter, caller.subject, services.metrics) from None
 
 
-@router.post("/chat", response_model=ChatResponse)
+@router.post("/chat", response_model=ChatResponse, openapi_extra=BEARER_SECURITY)
 async def chat(request: Request, body: ChatRequest, caller: Caller = Depends(turn_caller)) -> Response:
     services: Services = request.app.state.services
     result = await (await begin(request, body, services, caller)).result()
@@ -94,6 +94,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connecti
 @router.post(
     "/chat/stream",
     responses={200: {"content": {"text/event-stream": {}}, "description": "meta, token…, sources, done (or error)"}},
+    openapi_extra=BEARER_SECURITY,
 )
 async def chat_stream(request: Request, body: ChatRequest,
                       caller: Caller = Depends(turn_caller)) -> StreamingResponse:

@@ -162,15 +162,19 @@ class Caller:
     subject: str
 
 
-async def turn_caller(request: Request,
-                      credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+# The chat-turn routes read the bearer credentials inside `turn_caller` (FastAPI resolves and
+# cache-keys every dependency per request); their schema names the same security scheme.
+BEARER_SECURITY: dict[str, Any] = {"security": [{bearer.scheme_name: []}]}
+
+
+async def turn_caller(request: Request) -> Caller:
     """`guard` for the chat-turn routes, one dependency layer: auth now, the rate-limit hit deferred
     to the turn's opening Redis call (one round trip fewer). Until the turn settles it (see
     `settle`), a 422 on the way (body or message) is charged by the validation handler through
     `owed_charge`, so every authenticated request counts, in the same order (429 before 422), as
     with `guard`."""
     services: Services = request.app.state.services
-    identity = identify(credentials, services)
+    identity = identify(await bearer(request), services)
     limiter: RateLimiter | None = request.app.state.limiter
     subject = rate_subject(request, identity)
     if limiter is None:
