@@ -59,3 +59,52 @@ def test_rate_limit_per_ip_without_keys(client_factory) -> None:
     resp = client.get("/v1/models")
     assert resp.status_code == 429 and "retry-after" in resp.headers
     assert client.get("/health").status_code == 200  # probes are never limited
+
+
+def test_chat_turn_takes_its_rate_limit_hit_in_its_opening_redis_call(client_factory, redis_server) -> None:
+    # The turn's hit rides on the request-id claim's Redis call (no `limits` call): it must count on
+    # the same Redis list as the standalone limiter, refuse the turn before it claims or stores
+    # anything, and answer the same 429 JSON.
+    client = client_factory(api_keys="k1", rate_limit="3/minute")
+    prefix = client.settings.redis_prefix
+    headers = {"Authorization": "Bearer k1"}
+    for _ in range(3):
+        assert client.post("/api/v1/chat", json={"message": "hello"}, headers=headers).status_code == 200
+    refused = client.post("/api/v1/chat", json={"message": "hello"},
+                          headers=headers | {"X-Request-ID": "refused-turn-0001"})
+    assert refused.status_code == 429
+    assert refused.json() == {"detail": "rate limit exceeded"}
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert client.post("/api/v1/chat/stream", json={"message": "hello"}, headers=headers).status_code == 429
+    assert client.get("/v1/models", headers=headers).status_code == 429  # one budget for every route
+    r = redis_server.client()
+    assert not r.exists(f"{prefix}:turn:refused-turn-0001"), "a refused turn must give its claim back"
+    counters = r.keys(f"{prefix}:ratelimit:*")
+    assert len(counters) == 1 and r.llen(counters[0]) == 3
+    assert "chatagent_rate_limited_total 3.0" in client.get("/metrics").text
+
+
+def test_invalid_chat_requests_count_against_the_limit_and_get_429_first(client_factory) -> None:
+    # As when the hit came before body validation: a 422 costs a hit, and over the limit a bad
+    # request is answered 429, not 422.
+    client = client_factory(rate_limit="2/minute")
+    assert client.post("/api/v1/chat", json={"message": "   "}).status_code == 422  # empty after strip
+    assert client.post("/api/v1/chat", json={"nothing": 1}).status_code == 422  # body validation
+    over = client.post("/api/v1/chat", json={"nothing": 1})
+    assert over.status_code == 429 and over.json()["detail"] == "rate limit exceeded"
+    assert client.post("/api/v1/chat", json={"message": "hello"}).status_code == 429
+
+
+def test_unknown_session_counts_against_the_limit(client_factory) -> None:
+    client = client_factory(rate_limit="2/minute")
+    assert client.post("/api/v1/chat", json={"message": "hi", "session_id": "no-such-session"}).status_code == 404
+    assert client.post("/api/v1/chat", json={"message": "hello"}).status_code == 200
+    assert client.post("/api/v1/chat", json={"message": "hello"}).status_code == 429
+
+
+def test_chat_rate_limit_without_redis_is_per_process(client_factory) -> None:
+    client = client_factory(redis_url=None, rate_limit="2/minute")
+    assert client.post("/api/v1/chat", json={"message": "hello"}).status_code == 200
+    assert client.post("/api/v1/chat", json={"message": "hello"}).status_code == 200
+    refused = client.post("/api/v1/chat", json={"message": "hello"})
+    assert refused.status_code == 429 and "retry-after" in refused.headers
