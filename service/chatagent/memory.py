@@ -30,12 +30,14 @@ _ACQUIRE_MOVING_WINDOW = (
     + "\nend\n"
 )
 
-# KEYS: the request id's record, the session's list, the prefetched cache key, the rate counter
-# ("" for each one not asked). ARGV: our pending claim, its lease (ms), now, rate limit, window (s).
+# KEYS: the request id's record, the session's list, the prefetched cache key, the rate counter;
+# the record's key again for each one not asked: Redis checks every KEYS entry against the app user's
+# ACL key patterns (redis_app_key_patterns), which a placeholder in the app's own key space passes
+# and "" may not. ARGV: our pending claim, its lease (ms), now, rate limit, window (s).
 # Replies {allowed, the record when the claim is someone else's, the history, the cached value};
 # refused by the rate limit, {false} and nothing else is touched, the claim included.
 _OPEN_TURN = _ACQUIRE_MOVING_WINDOW + """
-if KEYS[4] ~= '' and not acquire_moving_window({KEYS[4]}, {ARGV[3], ARGV[4], ARGV[5], 1}) then
+if KEYS[4] ~= KEYS[1] and not acquire_moving_window({KEYS[4]}, {ARGV[3], ARGV[4], ARGV[5], 1}) then
     return {false}
 end
 local current = false
@@ -43,11 +45,11 @@ if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     current = redis.call('get', KEYS[1])
 end
 local history = {}
-if KEYS[2] ~= '' then
+if KEYS[2] ~= KEYS[1] then
     history = redis.call('lrange', KEYS[2], 0, -1)
 end
 local cached = false
-if KEYS[3] ~= '' then
+if KEYS[3] ~= KEYS[1] then
     cached = redis.call('get', KEYS[3])
 end
 return {1, current, history, cached}
@@ -159,9 +161,10 @@ class RedisMemory:
         # Each round trip costs a cached turn ~8 % of its CPU (socket write, wake-up, parse): the
         # rate limit, the claim, the history and the embedding are one script call instead of four
         # round trips (or one pipeline of five commands and replies to pack and parse).
+        record = self.turn_key(request_id)
         reply = await self._open(
-            keys=[self.turn_key(request_id), self.key(session_id) if session_id is not None else "",
-                  prefetch or "", rate.key if rate is not None else ""],
+            keys=[record, self.key(session_id) if session_id is not None else record,
+                  prefetch or record, rate.key if rate is not None else record],
             args=[pending, int(lease * 1000), time.time(), rate.limit if rate else 0, rate.expiry if rate else 0],
         )
         if not reply[0]:

@@ -84,6 +84,28 @@ def test_chat_turn_takes_its_rate_limit_hit_in_its_opening_redis_call(client_fac
     assert "chatagent_rate_limited_total 3.0" in client.get("/metrics").text
 
 
+def test_chat_turns_within_an_app_user_limited_to_its_key_prefix(client_factory, redis_server) -> None:
+    # Deployments may narrow the app user's ACL key patterns to the app's prefix
+    # (redis_app_key_patterns): Redis checks every KEYS entry of a script against them, so the
+    # turn's scripts must name no key outside it (an empty placeholder would get NOPERM).
+    prefix = "acl" + redis_server.client().execute_command("ACL", "GENPASS", "32").decode()[:8]
+    redis_server.client().execute_command("ACL", "SETUSER", f"{prefix}-app", "on", f">{prefix}-pw",
+                                          f"~{prefix}:*", "&*", "+@all")
+    port = redis_server.url.rsplit(":", 1)[1]
+    client = client_factory(redis_url=f"redis://{prefix}-app:{prefix}-pw@127.0.0.1:{port}",
+                            redis_prefix=prefix, rate_limit="100/minute")
+    first = client.post("/api/v1/chat", json={"message": "How do I track my order?"})
+    assert first.status_code == 200, first.text
+    session = first.json()["session_id"]
+    again = client.post("/api/v1/chat", json={"message": "How do I track my order?", "session_id": session})
+    assert again.status_code == 200, again.text
+    assert client.post("/api/v1/chat", json={"message": "How do I track my order?"}).status_code == 200
+    assert redis_server.client().llen(f"{prefix}:session:{session}") == 4
+    # Each turn really ran its opening script (a refused script fails open: answered, not counted).
+    counters = redis_server.client().keys(f"{prefix}:ratelimit:*")
+    assert len(counters) == 1 and redis_server.client().llen(counters[0]) == 3
+
+
 def test_invalid_chat_requests_count_against_the_limit_and_get_429_first(client_factory) -> None:
     # As when the hit came before body validation: a 422 costs a hit, and over the limit a bad
     # request is answered 429, not 422.
