@@ -28,6 +28,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(check: Any, timeout: float = 20.0) -> None:
+    """A test's own condition: unlike wait_for, an exception from `check` fails the test at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
 def wait_for(check: Any, timeout: float = 30.0, what: str = "service") -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None

@@ -13,16 +13,7 @@ import pytest
 
 from chatagent.settings import Settings
 
-from .servers import free_port
-
-
-def wait_until(check, timeout: float = 20.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
+from .servers import free_port, wait_until
 
 
 @contextlib.contextmanager

@@ -5,14 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-
-def wait_until(check, timeout: float = 20.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
+from .servers import wait_until
 
 
 def test_ready_ok_with_all_dependencies(client) -> None:
