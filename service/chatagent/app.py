@@ -7,10 +7,10 @@ import contextlib
 import json
 import logging
 import logging.handlers
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import chat, health, openai_compat, public, sessions
-from .api.deps import RateLimiter
+from .api.deps import RateLimiter, owed_charge
 from .graph import Services, UnknownSession, build_flow
 from .knowledge import KnowledgeStore, QueryEncoder, build_kb, make_embedder, read_manifest
 from .llm import AnswerProvider, ExtractiveProvider, OpenAIProvider
@@ -93,21 +93,25 @@ def configure_logging(settings: Settings) -> None:
 # -------------------------------------------------------------------------------------- middleware
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over the limit with 413 before any parsing happens."""
+class RequestContextMiddleware:
+    """Request id, Prometheus request metrics, one JSON access-log line per request, and the body
+    limit: bodies over `max_bytes` are refused with 413 before any parsing happens (one ASGI layer
+    and one pass over the headers for all of it; the 413 is counted and logged like any answer)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, enabled_log: bool, max_bytes: int) -> None:
         self.app = app
+        self.metrics = metrics
+        self.enabled_log = enabled_log
         self.max_bytes = max_bytes
+        # (method, route, status) → its request counter and duration histogram: prometheus_client's
+        # labels() validates and locks on every call. Bounded by the routes × methods × statuses seen.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+    async def _read_body(self, declared: bytes | None, receive: Receive, send: Send) -> Receive | None:
+        """The whole body, read ahead and handed on by a replaying `receive`; None after a 413."""
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._refuse(send)
-            return
+            return None
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -118,7 +122,7 @@ class BodyLimitMiddleware:
             size += len(chunks[-1])
             if size > self.max_bytes:
                 await self._refuse(send)
-                return
+                return None
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
@@ -131,7 +135,7 @@ class BodyLimitMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        return replay
 
     async def _refuse(self, send: Send) -> None:
         payload = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
@@ -139,22 +143,28 @@ class BodyLimitMiddleware:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
 
-
-class RequestContextMiddleware:
-    """Request id, Prometheus request metrics and one JSON access-log line per request."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, enabled_log: bool) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.enabled_log = enabled_log
+    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.metrics.requests.labels(method, route, str(status)),
+                                              self.metrics.request_duration.labels(method, route))
+        children[0].inc()
+        children[1].observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        incoming = ""
+        declared: bytes | None = None
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = value
+        # os.urandom(16).hex() is uuid4().hex's randomness without building a UUID object.
+        request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -167,14 +177,15 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            replay = await self._read_body(declared, receive, send_wrapper)
+            if replay is not None:
+                await self.app(scope, replay, send_wrapper)
         finally:
             route = scope.get("route")
             # Label by route template, never the raw path: ids in paths would explode cardinality.
             route_label = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(scope["method"], route_label, str(status)).inc()
-            self.metrics.request_duration.labels(scope["method"], route_label).observe(elapsed)
+            self._observe(scope["method"], route_label, status, elapsed)
             if status >= 500:
                 self.metrics.errors.labels(route=route_label).inc()
             if self.enabled_log:
@@ -323,6 +334,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="chatagent", version="0.1.0", lifespan=lifespan,
         description="Customer-service chat API: native JSON/SSE endpoints and an OpenAI-compatible surface.",
+        # Metrics are Prometheus (metrics.py) and nothing installs an OpenTelemetry SDK; FastAPI's
+        # native telemetry would still look for a configured provider (environment reads) per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(health.router)
     app.include_router(chat.router)
@@ -333,6 +347,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refusal = await owed_charge(request)
+        if refusal is not None:  # over the limit: the 429 comes first, as when the hit came first
+            return await http_error(request, refusal)
         errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
         fields = [".".join(str(p) for p in e.get("loc", ())[1:]) or str(e.get("loc", [""])[0]) for e in errors]
         return JSONResponse(
@@ -367,6 +384,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal error", "request_id": getattr(request.state, "request_id", None)},
                             status_code=500)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, enabled_log=settings.access_log)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, enabled_log=settings.access_log,
+                       max_bytes=settings.max_body_bytes)
     return app

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict
@@ -19,6 +19,7 @@ from langgraph.graph.state import CompiledStateGraph
 from .knowledge import HANDOFF_INTENT, CacheLookup, Hit, KnowledgeStore, QueryEncoder, detect_lang, retrieval_vector
 from .llm import AnswerProvider, ExtractiveProvider, LLMError
 from .masking import Masker
+from .memory import RateCheck
 from .metrics import Metrics
 from .sessions import SessionRepository, SessionsUnavailable
 from .settings import Settings
@@ -233,14 +234,13 @@ def build_flow(services: Services) -> Flow:
     )
 
 
-async def persist(s: Services, state: dict[str, Any]) -> bool:
-    """Store the answered turn: session memory with its request-id record, and MySQL. True when the
-    session memory has it (then a retry finds the record)."""
+async def persist(s: Services, state: dict[str, Any], result: TurnResult) -> bool:
+    """Store the answered turn (`result` is `result_of(state)`): session memory with its request-id
+    record, and MySQL. True when the session memory has it (then a retry finds the record)."""
     if not state.get("persist", True):
         return False
     now = time.time()
     mask = s.masker
-    result = result_of(state)
     # What is stored (and replayed to a retry) is masked, like everything else at rest.
     answer = mask(state["answer"])
     rid = state["request_id"]
@@ -297,8 +297,9 @@ class Turn:
                         yield "token", chunk["token"]
                 else:
                     final = chunk
-            self.remembered = await persist(self.services, final)
-        yield "final", result_of(final)
+            result = result_of(final)
+            self.remembered = await persist(self.services, final, result)
+        yield "final", result
 
     async def result(self) -> TurnResult:
         """The answer without intermediate events (cheaper: no streaming, no Pregel loop)."""
@@ -306,8 +307,9 @@ class Turn:
             return self.replay
         async with self._claimed():
             final = await self._flow.run(self.state)
-            self.remembered = await persist(self.services, final)
-        return result_of(final)
+            result = result_of(final)
+            self.remembered = await persist(self.services, final, result)
+        return result
 
     @property
     def _flow(self) -> Flow:
@@ -328,17 +330,20 @@ class Turn:
 async def begin_turn(s: Services, *, message: str, session_id: str | None, request_id: str,
                      identity: str | None = None, user_id: str | None = None,
                      history: list[dict[str, Any]] | None = None, persist: bool = True,
-                     must_exist: bool = False) -> Turn:
+                     must_exist: bool = False, rate: RateCheck | None = None) -> Turn:
     """Prepare a turn: the session's history (unless given) and the claim on `request_id`.
 
     `session_id` None starts a new session. `must_exist` raises UnknownSession when no backend
     knows `session_id`. Raises RequestIdConflict / TurnInFlight (turns.py) for a reused request id.
     A retry of an answered request gets a Turn that replays the stored answer. Stateless turns
-    (`persist` False) store nothing, so they need no claim.
+    (`persist` False) store nothing, so they need no claim. `rate` is hit on the claim's round
+    trip (RateLimited when refused); only persisted turns take one.
     """
+    if rate is not None and not persist:
+        raise ValueError("a rate check rides on the request-id claim; stateless turns have none")
     fp = fingerprint(identity, session_id, message)
     state: TurnState = {
-        "request_id": request_id, "session_id": session_id or uuid.uuid4().hex, "user_id": user_id,
+        "request_id": request_id, "session_id": session_id or os.urandom(16).hex(), "user_id": user_id,
         "message": message, "lang": detect_lang(message), "persist": persist, "history": history or [],
         "fingerprint": fp,
     }
@@ -348,7 +353,7 @@ async def begin_turn(s: Services, *, message: str, session_id: str | None, reque
             state["history"] = await _history(s, session_id, None, must_exist)  # type: ignore[arg-type]
         return Turn(s, state)
     begun = await s.turns.begin(request_id, fp, session_id if read_history else None,
-                                s.encoder.shared_key(message))
+                                s.encoder.shared_key(message), rate)
     if begun.looked_up:
         state["cached_embedding"] = CacheLookup(begun.cached)
     if read_history:

@@ -7,9 +7,63 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Protocol
 
 from .store import StoredMessage
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    """One hit on a moving-window rate limit, taken with the turn's opening (one Redis call)."""
+
+    key: str  # the counter's full Redis key (the one `limits` uses for the same limit and subject)
+    limit: int
+    expiry: int  # window, seconds
+
+
+# limits' own moving-window script, as a function of its KEYS and ARGV: a hit folded into the turn's
+# opening counts on the same list, by the same rule, as a hit through `limits` on the other routes.
+_ACQUIRE_MOVING_WINDOW = (
+    "local function acquire_moving_window(KEYS, ARGV)\n"
+    + (resources.files("limits") / "resources" / "redis" / "lua_scripts" / "acquire_moving_window.lua").read_text()
+    + "\nend\n"
+)
+
+# KEYS: the request id's record, the session's list, the prefetched cache key, the rate counter;
+# the record's key again for each one not asked: Redis checks every KEYS entry against the app user's
+# ACL key patterns (redis_app_key_patterns), which a placeholder in the app's own key space passes
+# and "" may not. ARGV: our pending claim, its lease (ms), now, rate limit, window (s).
+# Replies {allowed, the record when the claim is someone else's, the history, the cached value};
+# refused by the rate limit, {false} and nothing else is touched, the claim included.
+_OPEN_TURN = _ACQUIRE_MOVING_WINDOW + """
+if KEYS[4] ~= KEYS[1] and not acquire_moving_window({KEYS[4]}, {ARGV[3], ARGV[4], ARGV[5], 1}) then
+    return {false}
+end
+local current = false
+if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    current = redis.call('get', KEYS[1])
+end
+local history = {}
+if KEYS[2] ~= KEYS[1] then
+    history = redis.call('lrange', KEYS[2], 0, -1)
+end
+local cached = false
+if KEYS[3] ~= KEYS[1] then
+    cached = redis.call('get', KEYS[3])
+end
+return {1, current, history, cached}
+"""
+
+# KEYS: the session's list, the request id's record. ARGV: messages kept, TTL (s), the record,
+# the messages. A script is atomic like MULTI/EXEC, with one command and reply instead of six.
+_APPEND = """
+redis.call('rpush', KEYS[1], unpack(ARGV, 4))
+redis.call('ltrim', KEYS[1], -tonumber(ARGV[1]), -1)
+redis.call('expire', KEYS[1], ARGV[2])
+redis.call('set', KEYS[2], ARGV[3], 'EX', ARGV[2])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -22,6 +76,8 @@ class TurnOpening:
     history: list[dict[str, Any]] | None = None
     # The value under the prefetched cache key (the query embedding), when one was asked for.
     cached: bytes | None = None
+    # The rate-limit check refused the turn (nothing else in the opening counts then).
+    limited: bool = False
 
 
 class Memory(Protocol):
@@ -38,8 +94,9 @@ class Memory(Protocol):
         """Store `pending` for `lease` seconds unless a record exists; returns the existing record."""
 
     async def open_turn(self, request_id: str, pending: str, lease: float, session_id: str | None,
-                        prefetch: str | None) -> TurnOpening:
-        """`claim_turn`, plus the session's history and the value under the `prefetch` key."""
+                        prefetch: str | None, rate: RateCheck | None = None) -> TurnOpening:
+        """`claim_turn`, plus the session's history, the value under the `prefetch` key and a hit on
+        the `rate` limit. Only memory that holds the rate counters (Redis) is given a `rate`."""
 
     async def renew_turn(self, request_id: str, pending: str, lease: float) -> bool:
         """Extend our claim; False when the request id no longer holds `pending`."""
@@ -62,6 +119,9 @@ class RedisMemory:
         self.prefix = prefix
         self.max_messages = max_turns * 2  # a turn is the user message plus the answer
         self.ttl = ttl
+        # EVALSHA, loading the script again after a NOSCRIPT (a Redis restart).
+        self._open = redis.register_script(_OPEN_TURN)
+        self._append = redis.register_script(_APPEND)
 
     def key(self, session_id: str) -> str:
         return f"{self.prefix}:session:{session_id}"
@@ -74,13 +134,9 @@ class RedisMemory:
         return f"{self.prefix}:turn:{request_id}"
 
     async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str) -> None:
-        key = self.key(session_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *[m.model_dump_json(exclude_none=True) for m in messages])
-            pipe.ltrim(key, -self.max_messages, -1)
-            pipe.expire(key, self.ttl)
-            pipe.set(self.turn_key(request_id), record, ex=self.ttl)
-            await pipe.execute()
+        await self._append(keys=[self.key(session_id), self.turn_key(request_id)],
+                           args=[self.max_messages, self.ttl, record,
+                                 *[m.model_dump_json(exclude_none=True) for m in messages]])
 
     async def exists(self, session_id: str) -> bool:
         return bool(await self.redis.exists(self.key(session_id)))
@@ -101,29 +157,24 @@ class RedisMemory:
         return current.decode() if isinstance(current, bytes) else current
 
     async def open_turn(self, request_id: str, pending: str, lease: float, session_id: str | None,
-                        prefetch: str | None) -> TurnOpening:
+                        prefetch: str | None, rate: RateCheck | None = None) -> TurnOpening:
         # Each round trip costs a cached turn ~8 % of its CPU (socket write, wake-up, parse): the
-        # claim, the history and the embedding go in one pipeline instead of three.
-        key = self.turn_key(request_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, pending, nx=True, px=int(lease * 1000))
-            pipe.get(key)
-            if session_id is not None:
-                pipe.lrange(self.key(session_id), 0, -1)
-            if prefetch is not None:
-                pipe.get(prefetch)
-            replies = await pipe.execute()
-        claimed, current = replies[0], replies[1]
-        rest = replies[2:]
-        history = [json.loads(item) for item in rest.pop(0)] if session_id is not None else None
-        cached = rest.pop(0) if prefetch is not None else None
-        if claimed:
-            existing = None
-        elif current is None:
-            existing = await self.claim_turn(request_id, pending, lease)
-        else:
-            existing = current.decode() if isinstance(current, bytes) else current
-        return TurnOpening(existing, history, cached)
+        # rate limit, the claim, the history and the embedding are one script call instead of four
+        # round trips (or one pipeline of five commands and replies to pack and parse).
+        record = self.turn_key(request_id)
+        reply = await self._open(
+            keys=[record, self.key(session_id) if session_id is not None else record,
+                  prefetch or record, rate.key if rate is not None else record],
+            args=[pending, int(lease * 1000), time.time(), rate.limit if rate else 0, rate.expiry if rate else 0],
+        )
+        if not reply[0]:
+            return TurnOpening(None, limited=True)
+        _, current, history, cached = reply  # Lua's false arrives as None (RESP2) or False (RESP3)
+        return TurnOpening(
+            current.decode() if isinstance(current, bytes) else None,
+            [json.loads(item) for item in history] if session_id is not None else None,
+            (cached or None) if prefetch is not None else None,
+        )
 
     async def renew_turn(self, request_id: str, pending: str, lease: float) -> bool:
         return bool(await self.redis.eval(_RENEW, 1, self.turn_key(request_id), pending, int(lease * 1000)))
@@ -194,8 +245,11 @@ class InProcessMemory:
         return current
 
     async def open_turn(self, request_id: str, pending: str, lease: float, session_id: str | None,
-                        prefetch: str | None) -> TurnOpening:
-        # No shared cache lives here: the query encoder keeps its own LRU without Redis.
+                        prefetch: str | None, rate: RateCheck | None = None) -> TurnOpening:
+        # No shared cache lives here: the query encoder keeps its own LRU without Redis; nor rate
+        # counters (without Redis the limiter keeps them in the worker and is asked directly).
+        if rate is not None:
+            raise ValueError("in-process memory holds no rate-limit counters")
         existing = await self.claim_turn(request_id, pending, lease)
         return TurnOpening(existing, await self.history(session_id) if session_id is not None else None)
 

@@ -107,3 +107,16 @@ def test_history_comes_from_mysql_while_redis_is_down(client, redis_server, mari
     finally:
         redis_server.start()
     wait_until(lambda: client.get("/ready").status_code == 200)
+
+
+def test_turns_survive_redis_forgetting_its_scripts(client, redis_server) -> None:
+    # The turn's opening and append are Redis scripts called by digest; a restarted Redis (empty
+    # script cache) must cost a reload, not a turn.
+    first = client.post("/api/v1/chat", json={"message": "How long does delivery take?"})
+    assert first.status_code == 200
+    redis_server.client().script_flush()
+    sid = first.json()["session_id"]
+    second = client.post("/api/v1/chat", json={"message": "And returns?", "session_id": sid})
+    assert second.status_code == 200
+    stored = redis_server.client().lrange(f"{client.settings.redis_prefix}:session:{sid}", 0, -1)
+    assert len(stored) == 4

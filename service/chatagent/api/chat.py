@@ -7,20 +7,22 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from typing import Annotated
-
 from pydantic import AfterValidator, BaseModel, Field
 
 from ..graph import Services, Turn, begin_turn
 from ..store import Source
-from .deps import SESSION_ID_PATTERN, clean_text, get_services, guard
+from ..turns import RateLimited
+from .deps import BEARER_SECURITY, SESSION_ID_PATTERN, Caller, clean_text, refused, settle, turn_caller
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/v1", tags=["chat"], dependencies=[Depends(guard)])
+# Auth and the rate limit come with each route's `turn_caller` (one dependency, solved once).
+router = APIRouter(prefix="/api/v1", tags=["chat"])
 
 
 class ChatRequest(BaseModel):
@@ -59,20 +61,26 @@ def checked_message(raw: str, max_chars: int) -> str:
     return message
 
 
-async def begin(request: Request, body: ChatRequest, services: Services, identity: str | None) -> Turn:
+async def begin(request: Request, body: ChatRequest, services: Services, caller: Caller) -> Turn:
     message = checked_message(body.message, services.settings.max_message_chars)
-    return await begin_turn(services, message=message, session_id=body.session_id, must_exist=True,
-                            request_id=request.state.request_id, identity=identity, user_id=body.user_id)
+    settle(request)
+    try:
+        return await begin_turn(services, message=message, session_id=body.session_id, must_exist=True,
+                                request_id=request.state.request_id, identity=caller.identity,
+                                user_id=body.user_id, rate=caller.rate)
+    except RateLimited:
+        raise await refused(request.app.state.limiter, caller.subject, services.metrics) from None
 
 
-@router.post("/chat", response_model=ChatResponse)
-async def chat(request: Request, body: ChatRequest, services: Services = Depends(get_services),
-               identity: str | None = Depends(guard)) -> Response:
-    result = await (await begin(request, body, services, identity)).result()
+@router.post("/chat", response_model=ChatResponse, openapi_extra=BEARER_SECURITY)
+async def chat(request: Request, body: ChatRequest, caller: Caller = Depends(turn_caller)) -> Response:
+    services: Services = request.app.state.services
+    result = await (await begin(request, body, services, caller)).result()
     # Serialised here by pydantic-core: returned as a model, FastAPI would validate it again against
-    # response_model and encode it through jsonable_encoder + json.dumps (response_model stays for the schema).
-    body_json = ChatResponse(answer=result.answer, session_id=result.session_id, intent=result.intent,
-                             sources=result.sources, request_id=result.request_id).model_dump_json()
+    # response_model and encode it through jsonable_encoder + json.dumps (response_model stays for the
+    # schema). Constructed without validation: TurnResult's fields are already these types.
+    body_json = ChatResponse.model_construct(answer=result.answer, session_id=result.session_id, intent=result.intent,
+                                             sources=result.sources, request_id=result.request_id).model_dump_json()
     return Response(body_json, media_type="application/json")
 
 
@@ -86,10 +94,12 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connecti
 @router.post(
     "/chat/stream",
     responses={200: {"content": {"text/event-stream": {}}, "description": "meta, token…, sources, done (or error)"}},
+    openapi_extra=BEARER_SECURITY,
 )
-async def chat_stream(request: Request, body: ChatRequest, services: Services = Depends(get_services),
-                      identity: str | None = Depends(guard)) -> StreamingResponse:
-    turn = await begin(request, body, services, identity)
+async def chat_stream(request: Request, body: ChatRequest,
+                      caller: Caller = Depends(turn_caller)) -> StreamingResponse:
+    services: Services = request.app.state.services
+    turn = await begin(request, body, services, caller)
     return stream_turn(services, turn, request.state.request_id)
 
 

@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
@@ -18,6 +19,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from ..graph import Services
+from ..memory import RateCheck
+from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class RateLimiter:
     def __init__(self, spec: str, redis_url: str | None, prefix: str) -> None:
         self.item: RateLimitItem = parse(spec)
         self.prefix = prefix
+        self.shared = bool(redis_url)
         if redis_url:
             scheme, rest = redis_url.split("://", 1)
             uri = {"redis": "async+redis", "rediss": "async+rediss", "unix": "async+redis+unix"}.get(scheme, scheme)
@@ -54,8 +58,46 @@ class RateLimiter:
         """None when allowed, else seconds until the next request would be allowed."""
         if await self.strategy.hit(self.item, identity):
             return None
+        return await self.retry_after(identity)
+
+    async def retry_after(self, identity: str) -> float:
         stats = await self.strategy.get_window_stats(self.item, identity)
         return max(1.0, stats.reset_time - time.time())
+
+    def check(self, identity: str) -> RateCheck | None:
+        """The hit as a chat turn takes it in its opening Redis call: the counter `limits` keeps for
+        `identity` (its storage prefixes `{prefix}:ratelimit`). None when the counters are in-process."""
+        if not self.shared:
+            return None
+        return RateCheck(key=f"{self.prefix}:ratelimit:{self.item.key_for(identity)}",
+                         limit=self.item.amount, expiry=self.item.get_expiry())
+
+
+def too_many(retry_after: float, detail: str = "rate limit exceeded") -> HTTPException:
+    return HTTPException(status_code=429, detail=detail, headers={"Retry-After": str(int(math.ceil(retry_after)))})
+
+
+async def charge(limiter: RateLimiter, who: str, metrics: Metrics) -> HTTPException | None:
+    """One hit for `who`: the 429 to answer when refused, None when allowed."""
+    try:
+        retry_after = await limiter.hit(who)
+    except Exception as exc:  # Redis trouble: fail open rather than refuse every customer
+        log.warning("rate limiter unavailable, allowing request: %s", exc)
+        return None
+    if retry_after is None:
+        return None
+    metrics.rate_limited.inc()
+    return too_many(retry_after)
+
+
+async def refused(limiter: RateLimiter, who: str, metrics: Metrics) -> HTTPException:
+    """The 429 for a hit that a turn's opening was refused."""
+    metrics.rate_limited.inc()
+    try:
+        return too_many(await limiter.retry_after(who))
+    except Exception as exc:
+        log.warning("rate limiter unavailable for Retry-After: %s", exc)
+        return too_many(limiter.item.get_expiry())
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -71,6 +113,10 @@ async def authenticate(
     services: Services = Depends(get_services),
 ) -> str | None:
     """Returns an opaque identity for the key (None when auth is off)."""
+    return identify(credentials, services)
+
+
+def identify(credentials: HTTPAuthorizationCredentials | None, services: Services) -> str | None:
     keys = services.settings.api_keys
     if not keys:
         return None
@@ -88,6 +134,10 @@ async def authenticate(
     return "key:" + hashlib.sha256(presented).hexdigest()[:16]
 
 
+def rate_subject(request: Request, identity: str | None) -> str:
+    return identity or "ip:" + (request.client.host if request.client else "unknown")
+
+
 async def guard(
     request: Request,
     identity: str | None = Depends(authenticate),
@@ -96,19 +146,61 @@ async def guard(
     limiter: RateLimiter | None = request.app.state.limiter
     if limiter is None:
         return identity
-    who = identity or "ip:" + (request.client.host if request.client else "unknown")
-    try:
-        retry_after = await limiter.hit(who)
-    except Exception as exc:  # Redis trouble: fail open rather than refuse every customer
-        log.warning("rate limiter unavailable, allowing request: %s", exc)
-        return identity
-    if retry_after is not None:
-        services.metrics.rate_limited.inc()
-        raise HTTPException(
-            status_code=429, detail="rate limit exceeded",
-            headers={"Retry-After": str(int(math.ceil(retry_after)))},
-        )
+    refusal = await charge(limiter, rate_subject(request, identity), services.metrics)
+    if refusal is not None:
+        raise refusal
     return identity
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated chat-turn caller, and the rate-limit hit its turn still owes."""
+
+    identity: str | None
+    # Taken in the turn's opening Redis call; None when already charged (or no limit).
+    rate: RateCheck | None
+    subject: str
+
+
+# The chat-turn routes read the bearer credentials inside `turn_caller` (FastAPI resolves and
+# cache-keys every dependency per request); their schema names the same security scheme.
+BEARER_SECURITY: dict[str, Any] = {"security": [{bearer.scheme_name: []}]}
+
+
+async def turn_caller(request: Request) -> Caller:
+    """`guard` for the chat-turn routes, one dependency layer: auth now, the rate-limit hit deferred
+    to the turn's opening Redis call (one round trip fewer). Until the turn settles it (see
+    `settle`), a 422 on the way (body or message) is charged by the validation handler through
+    `owed_charge`, so every authenticated request counts, in the same order (429 before 422), as
+    with `guard`."""
+    services: Services = request.app.state.services
+    identity = identify(await bearer(request), services)
+    limiter: RateLimiter | None = request.app.state.limiter
+    subject = rate_subject(request, identity)
+    if limiter is None:
+        return Caller(identity, None, subject)
+    rate = limiter.check(subject)
+    if rate is None:  # in-process counters: no round trip to save
+        refusal = await charge(limiter, subject, services.metrics)
+        if refusal is not None:
+            raise refusal
+        return Caller(identity, None, subject)
+    request.state.rate_owed = subject
+    return Caller(identity, rate, subject)
+
+
+def settle(request: Request) -> None:
+    """The turn takes the hit from here on (its opening Redis call)."""
+    request.state.rate_owed = None
+
+
+async def owed_charge(request: Request) -> HTTPException | None:
+    """A request that ends before its turn's opening (a 422) pays its deferred hit here."""
+    who = getattr(request.state, "rate_owed", None)
+    if who is None:
+        return None
+    settle(request)
+    return await charge(request.app.state.limiter, who, request.app.state.services.metrics)
 
 
 def valid_session_id(value: str) -> bool:

@@ -47,6 +47,9 @@ class KnowledgeBase:
         self.manifest = manifest
         self.index = index
         self.rows = rows
+        # The row → chunk map as Python ints: search reads up to k × fanout of them per query, and a
+        # numpy scalar read plus int() each was most of search's own time.
+        self.row_chunks: list[int] = rows.tolist()
         self.chunks = chunks
         self.intent_index = intent_index
         self.intents = intents
@@ -104,12 +107,13 @@ class KnowledgeBase:
         is nearer to an out-of-scope example than to every entry."""
         if self.index.ntotal == 0:
             return []
-        query = vector.reshape(1, -1).astype(np.float32)
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         scores, rows = self.index.search(query, min(k * self.fanout, self.index.ntotal))
         best: dict[int, float] = {}
+        row_chunks = self.row_chunks
         for score, row in zip(scores[0].tolist(), rows[0].tolist()):
             if row >= 0:
-                cid = int(self.rows[row])
+                cid = row_chunks[row]
                 if score > best.get(cid, -2.0):
                     best[cid] = score
         if not best:
@@ -132,7 +136,7 @@ class KnowledgeBase:
     def classify(self, vector: np.ndarray, min_confidence: float, k: int = 5) -> Intent:
         if self.intent_index.ntotal == 0:
             return Intent("general", 0.0)
-        query = vector.reshape(1, -1).astype(np.float32)
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         scores, ids = self.intent_index.search(query, min(k, self.intent_index.ntotal))
         candidates: dict[str, float] = {}
         for score, idx in zip(scores[0].tolist(), ids[0].tolist()):
