@@ -42,7 +42,6 @@ class RateLimiter:
     def __init__(self, spec: str, redis_url: str | None, prefix: str) -> None:
         self.item: RateLimitItem = parse(spec)
         self.prefix = prefix
-        self.shared = bool(redis_url)
         if redis_url:
             scheme, rest = redis_url.split("://", 1)
             uri = {"redis": "async+redis", "rediss": "async+rediss", "unix": "async+redis+unix"}.get(scheme, scheme)
@@ -66,10 +65,11 @@ class RateLimiter:
 
     def check(self, identity: str) -> RateCheck | None:
         """The hit as a chat turn takes it in its opening Redis call: the counter `limits` keeps for
-        `identity` (its storage prefixes `{prefix}:ratelimit`). None when the counters are in-process."""
-        if not self.shared:
+        `identity`, named by the storage itself. None when the counters are in-process."""
+        bridge = getattr(self.storage, "bridge", None)  # limits' Redis storages only
+        if bridge is None:
             return None
-        return RateCheck(key=f"{self.prefix}:ratelimit:{self.item.key_for(identity)}",
+        return RateCheck(key=bridge.prefixed_key(self.item.key_for(identity)),
                          limit=self.item.amount, expiry=self.item.get_expiry())
 
 
