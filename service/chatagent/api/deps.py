@@ -45,8 +45,6 @@ class RateLimiter:
         self.item: RateLimitItem = parse(spec)
         self.prefix = prefix
         storage = limits_storage(settings)
-        # Shared in Redis: a turn takes its hit in its own opening Redis call (memory.RateCheck).
-        self.shared = storage is not None
         if storage is not None:
             uri, options = storage
             self.storage: Storage = storage_from_string(
@@ -68,10 +66,11 @@ class RateLimiter:
 
     def check(self, identity: str) -> RateCheck | None:
         """The hit as a chat turn takes it in its opening Redis call: the counter `limits` keeps for
-        `identity` (its storage prefixes `{prefix}:ratelimit`). None when the counters are in-process."""
-        if not self.shared:
+        `identity`, named by the storage itself. None when the counters are in-process."""
+        bridge = getattr(self.storage, "bridge", None)  # limits' Redis storages only
+        if bridge is None:
             return None
-        return RateCheck(key=f"{self.prefix}:ratelimit:{self.item.key_for(identity)}",
+        return RateCheck(key=bridge.prefixed_key(self.item.key_for(identity)),
                          limit=self.item.amount, expiry=self.item.get_expiry())
 
 
