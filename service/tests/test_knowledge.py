@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from chatagent.knowledge import (
 )
 
 from .conftest import SAMPLE
+from .servers import RedisServer
 
 
 def test_build_layout_and_manifest(tmp_path: Path) -> None:
@@ -117,7 +119,7 @@ def test_embedding_cache_in_redis(client, redis_server) -> None:
     assert 'chatagent_embedding_cache_total{result="miss"} 1.0' in metrics
 
 
-def _redis_commands_during(redis_server, action) -> list[dict[str, Any]]:  # noqa: ANN001
+def _redis_commands_during(redis_server: RedisServer, action: Callable[[], object]) -> list[dict[str, Any]]:
     """What Redis executed while `action` ran (MONITOR: scripts' commands come with client_type "lua")."""
     seen: list[dict[str, Any]] = []
     r = redis_server.client()
