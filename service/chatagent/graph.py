@@ -16,7 +16,16 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from .knowledge import HANDOFF_INTENT, CacheLookup, Hit, KnowledgeStore, QueryEncoder, detect_lang, retrieval_vector
+from .knowledge import (
+    HANDOFF_INTENT,
+    CacheLookup,
+    CacheWrite,
+    Hit,
+    KnowledgeStore,
+    QueryEncoder,
+    detect_lang,
+    retrieval_vector,
+)
 from .llm import AnswerProvider, ExtractiveProvider, LLMError
 from .masking import Masker
 from .memory import RateCheck
@@ -70,6 +79,8 @@ class TurnState(TypedDict, total=False):
     # The message's embedding-cache entry, read with the request-id claim (absent: not read yet).
     cached_embedding: CacheLookup
     vector: Any
+    # The message's new embedding for the shared cache, stored by the turn's append (persist).
+    cache_write: CacheWrite | None
     # The classifier's intent when it is confident; None when it is not.
     label: str | None
     confidence: float
@@ -155,7 +166,13 @@ def build_flow(services: Services) -> Flow:
     async def classify(state: TurnState, emit: Emit) -> dict[str, Any]:
         await s.knowledge.maybe_reload()
         started = time.perf_counter()
-        vector = await s.encoder.encode(state["message"], state.get("cached_embedding"))
+        cache_write = None
+        if state.get("persist", True):
+            # persist() hands the new embedding to the turn's append script: no round trip of its
+            # own (a turn that fails before it is stored leaves it uncached, nothing worse).
+            vector, cache_write = await s.encoder.encode_deferred(state["message"], state.get("cached_embedding"))
+        else:
+            vector = await s.encoder.encode(state["message"], state.get("cached_embedding"))
         s.metrics.retrieval_duration.observe(time.perf_counter() - started)
         kb = s.knowledge.kb
         threshold = s.settings.effective_intent_confidence
@@ -168,7 +185,7 @@ def build_flow(services: Services) -> Flow:
             if result.name != HANDOFF_INTENT or confidence >= threshold:
                 label = result.name
         emit({"meta": {"intent": label or HANDOFF_INTENT, "confidence": confidence}})
-        return {"vector": vector, "label": label, "confidence": confidence,
+        return {"vector": vector, "cache_write": cache_write, "label": label, "confidence": confidence,
                 "asked_for_human": label == HANDOFF_INTENT}
 
     def route(state: TurnState) -> str:
@@ -252,7 +269,8 @@ async def persist(s: Services, state: dict[str, Any], result: TurnResult) -> boo
                           sources=result.sources),
         ],
     )
-    remembered, _ = await s.sessions.add_turn(turn, replace(result, answer=answer).record(state["fingerprint"]))
+    remembered, _ = await s.sessions.add_turn(turn, replace(result, answer=answer).record(state["fingerprint"]),
+                                              state.get("cache_write"))
     return remembered
 
 

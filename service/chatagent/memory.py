@@ -8,9 +8,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .store import StoredMessage
+
+if TYPE_CHECKING:
+    from .knowledge import CacheWrite
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,18 @@ end
 return {1, current, history, cached}
 """
 
-# KEYS: the session's list, the request id's record. ARGV: messages kept, TTL (s), the record,
-# the messages. A script is atomic like MULTI/EXEC, with one command and reply instead of six.
+# KEYS: the session's list, the request id's record, the turn's new cache entry (the record's key
+# again when there is none, see _OPEN_TURN). ARGV: messages kept, TTL (s), the record, the cache
+# entry's TTL (s) and value, the messages. A script is atomic like MULTI/EXEC, with one command and
+# reply instead of six; the cache entry rides along instead of costing a round trip of its own.
 _APPEND = """
-redis.call('rpush', KEYS[1], unpack(ARGV, 4))
+redis.call('rpush', KEYS[1], unpack(ARGV, 6))
 redis.call('ltrim', KEYS[1], -tonumber(ARGV[1]), -1)
 redis.call('expire', KEYS[1], ARGV[2])
 redis.call('set', KEYS[2], ARGV[3], 'EX', ARGV[2])
+if KEYS[3] ~= KEYS[2] then
+    redis.call('set', KEYS[3], ARGV[5], 'EX', ARGV[4])
+end
 return 1
 """
 
@@ -83,8 +91,11 @@ class TurnOpening:
 class Memory(Protocol):
     async def history(self, session_id: str) -> list[dict[str, Any]]: ...
 
-    async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str) -> None:
-        """Append to the history and store the turn's record under its request id, atomically."""
+    async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str,
+                     cache: CacheWrite | None = None) -> None:
+        """Append to the history and store the turn's record under its request id, atomically; and
+        `cache`, the turn's new entry for the shared embedding cache (only memory that is that cache,
+        Redis, is given one)."""
 
     async def exists(self, session_id: str) -> bool: ...
 
@@ -133,9 +144,12 @@ class RedisMemory:
     def turn_key(self, request_id: str) -> str:
         return f"{self.prefix}:turn:{request_id}"
 
-    async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str) -> None:
-        await self._append(keys=[self.key(session_id), self.turn_key(request_id)],
-                           args=[self.max_messages, self.ttl, record,
+    async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str,
+                     cache: CacheWrite | None = None) -> None:
+        record_key = self.turn_key(request_id)
+        await self._append(keys=[self.key(session_id), record_key, cache.key if cache else record_key],
+                           args=[self.max_messages, self.ttl, record, cache.ttl if cache else 0,
+                                 cache.value if cache else b"",
                                  *[m.model_dump_json(exclude_none=True) for m in messages]])
 
     async def exists(self, session_id: str) -> bool:
@@ -212,7 +226,11 @@ class InProcessMemory:
     async def history(self, session_id: str) -> list[dict[str, Any]]:
         return list(self._live(session_id) or [])
 
-    async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str) -> None:
+    async def append(self, session_id: str, messages: list[StoredMessage], request_id: str, record: str,
+                     cache: CacheWrite | None = None) -> None:
+        if cache is not None:
+            # Without Redis the query encoder keeps its own LRU and never hands a write on.
+            raise ValueError("in-process memory holds no shared embedding cache")
         items = (self._live(session_id) or []) + [m.model_dump(exclude_none=True) for m in messages]
         self._sessions[session_id] = (time.monotonic() + self.ttl, items[-self.max_messages :])
         self._sessions.move_to_end(session_id)

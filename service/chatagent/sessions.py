@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .knowledge import CacheWrite
 from .memory import Memory
 from .metrics import Metrics
 from .store import MySQLStore, PendingQueue, SessionDelete, TurnWrite, WriteOp
@@ -98,12 +99,13 @@ class SessionRepository:
             raise SessionsUnavailable(session_id)
         return rows
 
-    async def add_turn(self, turn: TurnWrite, record: str) -> tuple[bool, Stored]:
-        """Append both messages to the session memory together with the turn's record (see turns.py),
-        then store the turn in MySQL. Returns (kept in memory, where MySQL's copy went)."""
+    async def add_turn(self, turn: TurnWrite, record: str, cache: CacheWrite | None = None) -> tuple[bool, Stored]:
+        """Append both messages to the session memory together with the turn's record (see turns.py)
+        and `cache` (the turn's new embedding, memory.py), then store the turn in MySQL. Returns
+        (kept in memory, where MySQL's copy went)."""
         remembered = False
         try:
-            await self.memory.append(turn.session_id, turn.messages, turn.request_id, record)
+            await self.memory.append(turn.session_id, turn.messages, turn.request_id, record, cache)
             remembered = True
         except Exception as exc:
             log.error("session memory write failed: %s", exc)

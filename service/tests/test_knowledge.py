@@ -7,7 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +28,7 @@ from chatagent.knowledge import (
 )
 
 from .conftest import SAMPLE
+from .servers import RedisServer
 
 
 def test_build_layout_and_manifest(tmp_path: Path) -> None:
@@ -113,6 +117,52 @@ def test_embedding_cache_in_redis(client, redis_server) -> None:
     metrics = client.get("/metrics").text
     assert 'chatagent_embedding_cache_total{result="hit"} 1.0' in metrics
     assert 'chatagent_embedding_cache_total{result="miss"} 1.0' in metrics
+
+
+def _redis_commands_during(redis_server: RedisServer, action: Callable[[], object]) -> list[dict[str, Any]]:
+    """What Redis executed while `action` ran (MONITOR: scripts' commands come with client_type "lua")."""
+    seen: list[dict[str, Any]] = []
+    r = redis_server.client()
+    with r.monitor() as monitor:
+        def collect() -> None:
+            while not (seen and seen[-1]["command"] == "ECHO monitor-done"):
+                seen.append(monitor.next_command())
+
+        reader = threading.Thread(target=collect, daemon=True)
+        reader.start()
+        action()
+        r.echo("monitor-done")
+        reader.join(10)
+    assert not reader.is_alive()
+    return seen
+
+
+def test_a_new_embedding_is_cached_by_the_turns_append(client, redis_server) -> None:
+    """A persisted turn's new embedding reaches Redis inside the append script, not by a SET of its own."""
+    prefix = client.settings.redis_prefix
+    first = {}
+    commands = _redis_commands_during(redis_server, lambda: first.update(
+        client.post("/api/v1/chat", json={"message": "Do you ship to Norway?"}).json()))
+    writes = [c for c in commands if c["command"].upper().startswith(f"SET {prefix}:EMB:".upper())]
+    assert len(writes) == 1 and writes[0]["client_type"] == "lua"
+    key = redis_server.client().keys(f"{prefix}:emb:hash:*")[0]
+    cached = np.frombuffer(redis_server.client().get(key), dtype=np.float32)
+    assert np.allclose(cached, HashEmbedder(512).embed_queries(["Do you ship to Norway?"])[0])
+    assert 0 < redis_server.client().ttl(key) <= client.settings.embed_cache_ttl_seconds
+    # the same question again is a cache hit and answers the same
+    again = client.post("/api/v1/chat", json={"message": "Do you ship to Norway?"}).json()
+    assert again["answer"] == first["answer"] and again["sources"] == first["sources"]
+    assert 'chatagent_embedding_cache_total{result="hit"} 1.0' in client.get("/metrics").text
+
+
+def test_a_stateless_turn_caches_its_embedding_at_once(client, redis_server) -> None:
+    """No append follows a stateless turn (OpenAI-compatible, whole history sent): it SETs the entry itself."""
+    prefix = client.settings.redis_prefix
+    commands = _redis_commands_during(redis_server, lambda: client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Do you ship to Norway?"}]}))
+    writes = [c for c in commands if c["command"].upper().startswith(f"SET {prefix}:EMB:".upper())]
+    assert len(writes) == 1 and writes[0]["client_type"] != "lua"
+    assert len(redis_server.client().keys(f"{prefix}:emb:hash:*")) == 1
 
 
 def test_openai_embedder_against_fake_server(tmp_path: Path, fake_llm) -> None:

@@ -17,6 +17,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class CacheWrite:
+    """A new embedding for the shared cache, stored by whoever writes to Redis next anyway (a persisted
+    turn's append script, memory.py): a SET round trip of its own costs the event loop ~0.3 ms CPU."""
+
+    key: str
+    value: bytes
+    ttl: int  # seconds
+
+
+@dataclass(frozen=True)
 class CacheLookup:
     """The shared cache's value for a text's key, read ahead (with the turn's claim, graph.begin_turn)."""
 
@@ -84,30 +94,40 @@ class QueryEncoder:
 
     async def encode(self, text: str, lookup: CacheLookup | None = None) -> np.ndarray:
         """`lookup`: the cache was already read for `text` (Redis only)."""
+        vector, write = await self.encode_deferred(text, lookup)
+        if write is not None:
+            await self.store(write)
+        return vector
+
+    async def encode_deferred(self, text: str, lookup: CacheLookup | None = None) -> tuple[np.ndarray, CacheWrite | None]:
+        """`encode`, except that a new embedding for the shared cache comes back as a CacheWrite for
+        the caller to store (`store`, or along with a write of its own) instead of being written now."""
         key = self.cache_key(text)
         if self.redis is not None:
             try:
                 raw = lookup.raw if lookup is not None else await self.redis.get(key)
                 if raw is not None and len(raw) == 4 * self.embedder.dim:
                     self._count("hit")
-                    return np.frombuffer(raw, dtype=np.float32).copy()
+                    return np.frombuffer(raw, dtype=np.float32).copy(), None
             except Exception as exc:  # cache trouble must never fail a chat turn
                 log.warning("embedding cache read failed: %s", exc)
         elif key in self._lru:
             self._lru.move_to_end(key)
             self._count("hit")
-            return self._lru[key]
+            return self._lru[key], None
         self._count("miss")
         vector = await self._batcher.embed(text)
         if self.redis is not None:
-            try:
-                await self.redis.set(key, vector.astype(np.float32).tobytes(), ex=self.ttl)
-            except Exception as exc:
-                log.warning("embedding cache write failed: %s", exc)
-        else:
-            self._lru[key] = vector
-            while len(self._lru) > self.size:
-                self._lru.popitem(last=False)
-        return vector
+            return vector, CacheWrite(key, vector.astype(np.float32).tobytes(), self.ttl)
+        self._lru[key] = vector
+        while len(self._lru) > self.size:
+            self._lru.popitem(last=False)
+        return vector, None
+
+    async def store(self, write: CacheWrite) -> None:
+        try:
+            await self.redis.set(write.key, write.value, ex=write.ttl)  # type: ignore[union-attr]
+        except Exception as exc:  # cache trouble must never fail a chat turn
+            log.warning("embedding cache write failed: %s", exc)
 
 
