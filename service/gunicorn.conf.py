@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 bind = [_settings.bind]
 # Chat turns are CPU-bound (embedding) between awaits, so one worker per core, at least 2.
 workers = _settings.workers or int(os.environ.get("WEB_CONCURRENCY", 0)) or max(2, multiprocessing.cpu_count())
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "chatagent.worker.Worker"
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
 # Longer than nginx's idle upstream keep-alive (60 s), so nginx never reuses a connection the

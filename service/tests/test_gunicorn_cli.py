@@ -65,6 +65,8 @@ def test_gunicorn_two_workers_aggregate_metrics(hash_kb, redis_server, mariadb, 
     access = [x for x in lines if x.get("logger") == "chatagent.access"]
     assert len(access) >= 20 and {"request_id", "status", "duration_ms", "route"} <= set(access[0])
     assert any(x.get("logger") == "gunicorn.error" for x in lines)
+    # The worker that sends each response in one write (tests/test_worker.py).
+    assert "Using worker: chatagent.worker.Worker" in log_path.read_text()
 
 
 def test_db_migrate_cli(mariadb, tmp_path: Path) -> None:  # noqa: ANN001
