@@ -14,13 +14,7 @@ export ANSIBLE_ROLES_PATH := $(ROOT)/roles
 # chatstack/stack, a link to this directory (ansible.cfg's collections_path for plain runs).
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/collections
 export ANSIBLE_FORCE_COLOR := 0
-# Opt-in: `make up FAST=1` runs site.yml with mitogen's strategy (modules run in a persistent Python
-# on each host: a no-op converge in about half the time, bench/stack_converge.py). Not the default:
-# its connection broker breaks `wait_for_connection` while test hosts boot.
-ifeq ($(FAST),1)
-export ANSIBLE_STRATEGY_PLUGINS := $(VENV)/mitogen-strategy
-export ANSIBLE_STRATEGY := mitogen_linear
-endif
+# `make up` converges with mitogen's strategy (scripts/up.py); `make up FAST=0` with the built-in one.
 export PY_COLORS := 0
 
 # Controller packages: test hosts (nspawn, debootstrap, nft), the venv, the web chat's browser check

@@ -1,7 +1,12 @@
 """`make up`: boot the sandbox hosts, converge site.yml on them with a progress line, then show
 that the stack answers. Driven through ansible-runner so the output is a task counter, the current
 role and the elapsed time instead of a wall of task output; a failure prints the failing task and
-its error."""
+its error.
+
+site.yml and the smoke play run with mitogen's strategy (modules execute in a persistent Python on
+each host instead of a new interpreter per task: about 50 ms instead of 200 ms a module); the
+prepare play, which waits for booting hosts, keeps the built-in one. `FAST=0` runs everything with
+the built-in strategy."""
 from __future__ import annotations
 
 import argparse
@@ -80,7 +85,16 @@ class Progress:
             print(line, flush=True)
 
 
-def run_playbook(playbook: Path, label: str, limit: str | None = None) -> Progress:
+def strategy_env(fast: bool) -> dict[str, str]:
+    if not fast or os.environ.get("FAST", "1") == "0":
+        return {"ANSIBLE_STRATEGY": "linear"}
+    import ansible_mitogen
+
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"),
+            "ANSIBLE_STRATEGY": "mitogen_linear"}
+
+
+def run_playbook(playbook: Path, label: str, limit: str | None = None, fast: bool = False) -> Progress:
     progress = Progress(label)
     private = ROOT / ".cache" / "runner"
     private.mkdir(parents=True, exist_ok=True)
@@ -92,7 +106,7 @@ def run_playbook(playbook: Path, label: str, limit: str | None = None) -> Progre
         limit=limit,
         envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
                  "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-                 "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections")},
+                 "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections")} | strategy_env(fast),
         event_handler=progress,
         quiet=True,
     )
@@ -208,8 +222,8 @@ def up() -> None:
     for name, address in sandbox_hosts().items():
         subprocess.run([str(TESTHOST), "up", name, address], check=True)
     run_playbook(ROOT / "molecule" / "shared" / "prepare.yml", "prepare")
-    run_playbook(ROOT / "site.yml", "site.yml")
-    run_playbook(ROOT / "playbooks" / "sandbox-smoke.yml", "smoke")
+    run_playbook(ROOT / "site.yml", "site.yml", fast=True)
+    run_playbook(ROOT / "playbooks" / "sandbox-smoke.yml", "smoke", fast=True)
     show_answer("How do I get an invoice?")
     show_monitoring()
     show_webchat()
