@@ -35,6 +35,17 @@ LOGS = ROOT / ".cache" / "test-logs"
 # A scenario that hangs must fail on its own, with its log and its machines removed, instead of
 # holding a lane until CI's 90 minutes run out (what happened to stop 12's CI: no log, no verdict).
 SCENARIO_TIMEOUT = int(os.environ.get("CHATSTACK_SCENARIO_TIMEOUT", "3000"))
+# A task that hangs fails on its own first, naming itself, long before the scenario's limit; the
+# longest task of a scenario (multihost's load phases) takes about 3 minutes.
+TASK_TIMEOUT = os.environ.get("ANSIBLE_TASK_TIMEOUT", "900")
+FAILED_TAIL = 80
+# Scenarios converge with mitogen's strategy, as `make up` does (a module call ~50 ms instead of
+# ~200 ms); the harness's prepare play keeps the built-in one. CHATSTACK_MOLECULE_STRATEGY=linear: built-in.
+MOLECULE_STRATEGY = ([f"ANSIBLE_STRATEGY_PLUGINS={ROOT / '.venv' / 'mitogen-strategy'}",
+                      "ANSIBLE_STRATEGY=mitogen_linear"]
+                     if os.environ.get("CHATSTACK_MOLECULE_STRATEGY", "mitogen") == "mitogen"
+                     else ["ANSIBLE_STRATEGY=linear"])
+STOPPED_MARK = "\n*** processes of the step when it was stopped:\n"
 
 
 def scenarios() -> list[str]:
@@ -94,7 +105,8 @@ def check_leftovers(before: dict, results: list[tuple[str, str, float]]) -> None
 def scenario_cmd(scenario: str) -> list[str]:
     """`molecule test` under a per-scenario lock: machine names and addresses belong to the
     scenario, so two checkouts on one machine must not boot the same scenario at once."""
-    return ["flock", f"/tmp/chatstack-molecule-{scenario}.lock", "molecule", "test", "-s", scenario]
+    return ["env", *MOLECULE_STRATEGY, "flock", f"/tmp/chatstack-molecule-{scenario}.lock",
+            "molecule", "test", "-s", scenario]
 
 
 def run_bounded(cmd: list[str], out, timeout: float | None) -> int | None:
@@ -105,9 +117,23 @@ def run_bounded(cmd: list[str], out, timeout: float | None) -> int | None:
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # What each process of the step was doing when it was stopped: the log alone does not say
+        # which host or command a hung task waited on.
+        out.write(STOPPED_MARK)
+        out.flush()
+        subprocess.run(["ps", "-o", "pid,etime,stat,wchan:20,args", "--forest", "-g", str(proc.pid)],
+                       stdout=out, stderr=subprocess.STDOUT)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         return None
+
+
+def failure_tail(text: str, lines: int = FAILED_TAIL) -> str:
+    """The end of a failed scenario's log: for a scenario that was stopped, the lines before it was
+    stopped and its processes at that moment (the cleanup's output after them says nothing)."""
+    body, sep, stopped = text.partition(STOPPED_MARK)
+    stopped = stopped.split("\n*** ", 1)[0]
+    return "\n".join(body.splitlines()[-lines:]) + (f"\n{STOPPED_MARK}{stopped}" if sep else "")
 
 
 def step(name: str, cmd: list[str], results: list[tuple[str, str, float]],
@@ -152,6 +178,10 @@ def main() -> int:
     os.environ.setdefault("ANSIBLE_FORCE_COLOR", "0")
     # Each task's start time and duration in the scenario logs: where a slow run spent its time.
     os.environ.setdefault("ANSIBLE_CALLBACKS_ENABLED", "ansible.posix.profile_tasks")
+    os.environ["ANSIBLE_TASK_TIMEOUT"] = TASK_TIMEOUT
+    # A test host that vanishes under an open SSH session (a machine killed, the bridge gone) ends the
+    # session in a minute instead of when TCP gives up; added to Molecule's own ssh arguments.
+    os.environ.setdefault("ANSIBLE_SSH_EXTRA_ARGS", "-o ServerAliveInterval=15 -o ServerAliveCountMax=4")
 
     started = time.monotonic()
     results: list[tuple[str, str, float]] = []
@@ -192,6 +222,12 @@ def main() -> int:
         check_leftovers(before, results)
 
     failed = [r for r in results if r[1] not in ("ok", "skipped")]
+    # CI shows the end of the output: each failed scenario's last lines go right above the verdict.
+    for name, _, _ in failed:
+        log = LOGS / f"molecule-{name.removeprefix('molecule:')}.log"
+        if name.startswith("molecule:") and log.exists():
+            print(f"\n==> {name} failed; the end of {log}:\n{failure_tail(log.read_text(errors='replace'))}",
+                  flush=True)
     total = time.monotonic() - started
     detail = ", ".join(f"{n} {s} {t:.0f}s" for n, s, t in results)
     if not [r for r in results if r[1] == "ok"]:
