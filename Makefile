@@ -79,8 +79,7 @@ test-fast: deps
 	$(VENV)/bin/python scripts/test.py
 
 molecule: deps
-	cd $(ROOT) && ANSIBLE_STRATEGY_PLUGINS=$(VENV)/mitogen-strategy ANSIBLE_STRATEGY=mitogen_linear \
-		flock /tmp/chatstack-molecule-$(S).lock molecule test -s $(S)
+	cd $(ROOT) && flock /tmp/chatstack-molecule-$(S).lock molecule test -s $(S)
 
 clean: down
 	rm -rf $(ROOT)/.cache

@@ -41,12 +41,6 @@ SCENARIO_TIMEOUT = int(os.environ.get("CHATSTACK_SCENARIO_TIMEOUT", "3600"))
 # machine loaded three lanes deep.
 TASK_TIMEOUT = os.environ.get("ANSIBLE_TASK_TIMEOUT", "1200")
 FAILED_TAIL = 80
-# Scenarios converge with mitogen's strategy, as `make up` does (a module call ~50 ms instead of
-# ~200 ms); the harness's prepare play keeps the built-in one. CHATSTACK_MOLECULE_STRATEGY=linear: built-in.
-MOLECULE_STRATEGY = ([f"ANSIBLE_STRATEGY_PLUGINS={ROOT / '.venv' / 'mitogen-strategy'}",
-                      "ANSIBLE_STRATEGY=mitogen_linear"]
-                     if os.environ.get("CHATSTACK_MOLECULE_STRATEGY", "mitogen") == "mitogen"
-                     else ["ANSIBLE_STRATEGY=linear"])
 STOPPED_MARK = "\n*** processes of the step when it was stopped:\n"
 
 
@@ -107,8 +101,7 @@ def check_leftovers(before: dict, results: list[tuple[str, str, float]]) -> None
 def scenario_cmd(scenario: str) -> list[str]:
     """`molecule test` under a per-scenario lock: machine names and addresses belong to the
     scenario, so two checkouts on one machine must not boot the same scenario at once."""
-    return ["env", *MOLECULE_STRATEGY, "flock", f"/tmp/chatstack-molecule-{scenario}.lock",
-            "molecule", "test", "-s", scenario]
+    return ["flock", f"/tmp/chatstack-molecule-{scenario}.lock", "molecule", "test", "-s", scenario]
 
 
 def run_bounded(cmd: list[str], out, timeout: float | None) -> int | None:
