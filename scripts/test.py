@@ -98,6 +98,10 @@ def check_leftovers(before: dict, results: list[tuple[str, str, float]]) -> None
     print(f"<== harness:leftovers: {status}", flush=True)
 
 
+def scenario_log(scenario: str) -> Path:
+    return LOGS / f"molecule-{scenario}.log"
+
+
 def scenario_cmd(scenario: str) -> list[str]:
     """`molecule test` under a per-scenario lock: machine names and addresses belong to the
     scenario, so two checkouts on one machine must not boot the same scenario at once."""
@@ -212,14 +216,14 @@ def main() -> int:
                 runnable.append(s)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
             list(pool.map(lambda s: step(f"molecule:{s}", scenario_cmd(s), results,
-                                         log=LOGS / f"molecule-{s}.log", timeout=SCENARIO_TIMEOUT,
+                                         log=scenario_log(s), timeout=SCENARIO_TIMEOUT,
                                          cleanup=["molecule", "destroy", "-s", s]), runnable))
         check_leftovers(before, results)
 
     failed = [r for r in results if r[1] not in ("ok", "skipped")]
     # CI shows the end of the output: each failed scenario's last lines go right above the verdict.
     for name, _, _ in failed:
-        log = LOGS / f"molecule-{name.removeprefix('molecule:')}.log"
+        log = scenario_log(name.removeprefix("molecule:"))
         if name.startswith("molecule:") and log.exists():
             print(f"\n==> {name} failed; the end of {log}:\n{failure_tail(log.read_text(errors='replace'))}",
                   flush=True)
