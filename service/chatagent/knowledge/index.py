@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,17 @@ HANDOFF_INTENT = "handoff"
 OUT_OF_SCOPE_INTENT = "out_of_scope"
 # Among near-equal entries prefer the user's language, so a Chinese question cites the Chinese entry.
 OTHER_LANGUAGE_PENALTY = 0.02
+# Answers kept per loaded version for recently seen query vectors: customer service hears the same
+# questions over and over, and the two FAISS searches of a repeated question were ~9 % of a cached
+# turn's CPU. A reload builds a new KnowledgeBase, so an answer never outlives its version.
+MEMO_SIZE = 1024
 
 
-@dataclass
+def _key(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+@dataclass(frozen=True)
 class Hit:
     id: str
     title: str
@@ -33,7 +42,7 @@ class Hit:
     category: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Intent:
     name: str
     confidence: float
@@ -61,6 +70,8 @@ class KnowledgeBase:
         scope = [i for i, row in enumerate(intents) if row["intent"] == OUT_OF_SCOPE_INTENT]
         self.out_of_scope = (intent_index.reconstruct_n(0, intent_index.ntotal)[scope] if scope
                              else np.zeros((0, index.d), np.float32))
+        self._search_memo = functools.lru_cache(MEMO_SIZE)(self._search)
+        self._classify_memo = functools.lru_cache(MEMO_SIZE)(self._classify)
 
     @classmethod
     def load(cls, kb_dir: Path, embedder: Embedder, verify: bool = True) -> KnowledgeBase:
@@ -105,9 +116,12 @@ class KnowledgeBase:
     def search(self, vector: np.ndarray, k: int, min_score: float, lang: str | None = None) -> list[Hit]:
         """The k best chunks (best row per chunk) scoring at least `min_score`; none when the question
         is nearer to an out-of-scope example than to every entry."""
+        return list(self._search_memo(_key(vector), k, min_score, lang))
+
+    def _search(self, key: bytes, k: int, min_score: float, lang: str | None) -> tuple[Hit, ...]:
         if self.index.ntotal == 0:
-            return []
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+            return ()
+        query = np.frombuffer(key, dtype=np.float32).reshape(1, -1)
         scores, rows = self.index.search(query, min(k * self.fanout, self.index.ntotal))
         best: dict[int, float] = {}
         row_chunks = self.row_chunks
@@ -117,10 +131,10 @@ class KnowledgeBase:
                 if score > best.get(cid, -2.0):
                     best[cid] = score
         if not best:
-            return []
+            return ()
         top = max(best.values())
         if len(self.out_of_scope) and float((self.out_of_scope @ query[0]).max()) >= top:
-            return []
+            return ()
 
         def rank(cid: int) -> float:
             hit = self.hits[cid]
@@ -131,12 +145,15 @@ class KnowledgeBase:
             if best[cid] >= min_score:
                 h = self.hits[cid]
                 out.append(Hit(h.id, h.title, h.text, h.answer, round(float(best[cid]), 4), h.lang, h.category))
-        return out
+        return tuple(out)
 
     def classify(self, vector: np.ndarray, min_confidence: float, k: int = 5) -> Intent:
+        return self._classify_memo(_key(vector), min_confidence, k)
+
+    def _classify(self, key: bytes, min_confidence: float, k: int) -> Intent:
         if self.intent_index.ntotal == 0:
             return Intent("general", 0.0)
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        query = np.frombuffer(key, dtype=np.float32).reshape(1, -1)
         scores, ids = self.intent_index.search(query, min(k, self.intent_index.ntotal))
         candidates: dict[str, float] = {}
         for score, idx in zip(scores[0].tolist(), ids[0].tolist()):
