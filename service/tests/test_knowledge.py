@@ -197,3 +197,22 @@ def test_old_format_is_refused_with_rebuild_advice(tmp_path: Path) -> None:
     manifest_path.write_text(json.dumps({**manifest, "format_version": 1}))
     with pytest.raises(KBMismatchError, match="format 1.*rebuild it with `chatagent kb build`"):
         KnowledgeBase.load(tmp_path, HashEmbedder(512))
+
+
+def test_repeated_question_is_answered_from_the_memo(tmp_path: Path) -> None:
+    build_kb(SAMPLE, tmp_path, HashEmbedder(512))
+    kb = KnowledgeBase.load(tmp_path, HashEmbedder(512))
+    vector = HashEmbedder(512).embed_queries(["How do I return an item?"])[0]
+    first = kb.search(vector, 3, 0.0, "en")
+    assert first and first[0].id.startswith("returns-")
+    first.clear()  # the caller's list is its own: the memo keeps the answer
+    again = kb.search(vector.copy(), 3, 0.0, "en")
+    assert [h.id for h in again] == [h.id for h in kb._search(vector.tobytes(), 3, 0.0, "en")]
+    assert kb._search_memo.cache_info().hits == 1
+    with pytest.raises(AttributeError):
+        again[0].score = 1.0  # type: ignore[misc]  # shared with later turns, so frozen
+    assert kb.classify(vector, 0.5) == kb.classify(vector, 0.5)
+    assert kb._classify_memo.cache_info().hits == 1
+    # other arguments are other answers, not the memo's
+    assert len(kb.search(vector, 1, 0.0, "en")) == 1
+    assert KnowledgeBase.load(tmp_path, HashEmbedder(512))._search_memo.cache_info().currsize == 0
