@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from .servers import wait_until
 
 
@@ -113,3 +115,41 @@ def test_turns_survive_redis_forgetting_its_scripts(client, redis_server) -> Non
     assert second.status_code == 200
     stored = redis_server.client().lrange(f"{client.settings.redis_prefix}:session:{sid}", 0, -1)
     assert len(stored) == 4
+
+
+def _turn(session_id: str, request_id: str, content: str, ts: float):
+    from chatagent.store import StoredMessage, TurnWrite
+
+    return TurnWrite(session_id=session_id, request_id=request_id, ts=ts, messages=[
+        StoredMessage(role="user", content=content, ts=ts, request_id=request_id),
+        StoredMessage(role="assistant", content=content[::-1], ts=ts, request_id=request_id, intent="returns")])
+
+
+def test_batch_is_one_transaction_even_across_queries(client, mariadb) -> None:
+    import pymysql
+
+    from chatagent.store import MAX_QUERY_CHARS, FeedbackWrite, MySQLStore
+
+    store = MySQLStore(client.app.state.services.store.params)
+    now = time.time()
+    tricky = "退货; DROP TABLE messages; -- 'quoted' \"double\" back\\slash %s {} \x00end"
+    # A statement that fails after others already ran in the same multi-statement query: nothing of
+    # the batch stays, and the error reaches the caller (which queues the batch for a replay).
+    bad = [_turn("batch-1", "batch-req-1", tricky, now), FeedbackWrite(request_id="batch-req-1", score=1000, ts=now),
+           _turn("batch-1", "batch-req-2", "after", now)]
+    with pytest.raises(pymysql.err.DataError):
+        store.apply(*bad)
+    assert mariadb.query("SELECT COUNT(*) AS n FROM messages WHERE conversation_id='batch-1'") == [{"n": 0}]
+    assert mariadb.query("SELECT COUNT(*) AS n FROM conversations WHERE id='batch-1'") == [{"n": 0}]
+    # The same store goes on (the failed connection was dropped); text comes back byte for byte.
+    store.apply(_turn("batch-1", "batch-req-1", tricky, now))
+    rows = mariadb.query("SELECT role, content FROM messages WHERE conversation_id='batch-1' ORDER BY id")
+    assert [r["content"] for r in rows] == [tricky, tricky[::-1]]
+    # A batch larger than one query (30 turns x 2 x 40,000 characters ~ 2.4 M) still commits whole.
+    big = [_turn("batch-2", f"batch-big-{i}", f"{i:02d}" + "字" * 40_000, now) for i in range(30)]
+    assert sum(len(m.content) for t in big for m in t.messages) > 2 * MAX_QUERY_CHARS
+    store.apply(*big)
+    got = mariadb.query("SELECT COUNT(*) AS n, SUM(CHAR_LENGTH(content)) AS chars FROM messages "
+                        "WHERE conversation_id='batch-2'")
+    assert got[0]["n"] == 60 and int(got[0]["chars"]) == 60 * 40_002
+    store.close()
