@@ -70,6 +70,9 @@ def converge(private: Path, inventory: Path, playbook: Path, strategy: str = "li
         "ANSIBLE_STRATEGY_PLUGINS": str(ROOT / ".venv" / "mitogen-strategy"),
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
     }
+    # ansible-runner saves the first run's envvars as env/envvars and lets that file override the
+    # envvars of later runs in the same directory: without this, every run took the prepare run's strategy.
+    (private / "env" / "envvars").unlink(missing_ok=True)
     started = time.monotonic()
     result = ansible_runner.run(private_data_dir=str(private), playbook=str(playbook), inventory=str(inventory),
                                 envvars=env, event_handler=on_event, quiet=True)

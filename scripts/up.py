@@ -16,6 +16,7 @@ import shlex
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -94,20 +95,24 @@ def strategy_env(fast: bool) -> dict[str, str]:
 
 def run_playbook(playbook: Path, label: str, limit: str | None = None, fast: bool = False) -> Progress:
     progress = Progress(label)
-    private = ROOT / ".cache" / "runner"
-    private.mkdir(parents=True, exist_ok=True)
-    result = ansible_runner.run(
-        private_data_dir=str(private),
-        project_dir=str(ROOT),
-        playbook=str(playbook),
-        inventory=str(INVENTORY / "hosts.yml"),
-        limit=limit,
-        envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-                 "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-                 "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections")} | strategy_env(fast),
-        event_handler=progress,
-        quiet=True,
-    )
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    # A private data directory per run: ansible-runner saves the first run's envvars as env/envvars
+    # and lets that file override the envvars of every later run in the same directory, so the
+    # prepare play's built-in strategy stuck to site.yml (`make up` ran without mitogen).
+    with tempfile.TemporaryDirectory(prefix="runner-", dir=ROOT / ".cache") as private:
+        result = ansible_runner.run(
+            private_data_dir=private,
+            project_dir=str(ROOT),
+            playbook=str(playbook),
+            inventory=str(INVENTORY / "hosts.yml"),
+            limit=limit,
+            envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                     "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+                     "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections")} | strategy_env(fast),
+            event_handler=progress,
+            quiet=True,
+        )
+        output = result.stdout.read() if result.rc != 0 else ""
     progress.show(final=True)
     s = progress.stats
     print(f"[{label}] {result.status}: {progress.tasks} tasks, ok={s['ok']} "
@@ -120,7 +125,7 @@ def run_playbook(playbook: Path, label: str, limit: str | None = None, fast: boo
         for failure in progress.failures:
             print(f"FAILED: {failure}", file=sys.stderr)
         if not progress.failures:
-            print(result.stdout.read()[-3000:], file=sys.stderr)
+            print(output[-3000:], file=sys.stderr)
         sys.exit(result.rc or 1)
     return progress
 
