@@ -24,9 +24,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import ansible_runner
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from up import ansible_run  # noqa: E402
+
 NAME, ADDRESS = "default-bench", "10.213.0.63"
 
 
@@ -35,7 +37,7 @@ def testhost(*args: str) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def converge(private: Path, inventory: Path, playbook: Path, strategy: str = "linear") -> dict:
+def converge(inventory: Path, playbook: Path, strategy: str = "linear") -> dict:
     counts: Counter[str] = Counter()
     # Seconds per (role, task) as the callback timed them on the host's side of the run.
     task_seconds: Counter[tuple[str, str]] = Counter()
@@ -70,12 +72,8 @@ def converge(private: Path, inventory: Path, playbook: Path, strategy: str = "li
         "ANSIBLE_STRATEGY_PLUGINS": str(ROOT / ".venv" / "mitogen-strategy"),
         "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
     }
-    # ansible-runner saves the first run's envvars as env/envvars and lets that file override the
-    # envvars of later runs in the same directory: without this, every run took the prepare run's strategy.
-    (private / "env" / "envvars").unlink(missing_ok=True)
     started = time.monotonic()
-    result = ansible_runner.run(private_data_dir=str(private), playbook=str(playbook), inventory=str(inventory),
-                                envvars=env, event_handler=on_event, quiet=True)
+    result = ansible_run(playbook, inventory, env, on_event)
     return {"seconds": round(time.monotonic() - started, 1), "rc": result.rc, "status": result.status,
             **{k: counts[k] for k in ("ok", "changed", "failed", "skipped")}, "changed_tasks": changed_tasks,
             "failures": failures, "task_seconds": task_seconds}
@@ -112,10 +110,10 @@ def main() -> int:
                            "children": {g: {"hosts": {"default-stack": host}} for g in ("web", "app", "redis", "mysql")}}}
             inventory.write_text(json.dumps(inv))
             prepare = ROOT / "molecule" / "shared" / "prepare.yml"
-            prep = converge(private, inventory, prepare)
-            first = converge(private, inventory, Path(args.playbook), strategy=args.fresh_strategy)
-            fast = converge(private, inventory, Path(args.playbook), strategy="mitogen_linear")
-            second = converge(private, inventory, Path(args.playbook))
+            prep = converge(inventory, prepare)
+            first = converge(inventory, Path(args.playbook), strategy=args.fresh_strategy)
+            fast = converge(inventory, Path(args.playbook), strategy="mitogen_linear")
+            second = converge(inventory, Path(args.playbook))
     finally:
         if not args.keep:
             testhost("down", NAME)

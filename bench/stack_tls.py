@@ -29,6 +29,7 @@ agent and nginx roles with the limits raised before measuring, and converges the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -151,14 +152,15 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def ssh(address: str) -> list[str]:
-    """ssh to the sandbox over one shared connection: the firewall role's SSH rule (UFW `limit`)
-    refuses a seventh new connection within 30 s, and every phase opens two or three."""
+@functools.cache
+def ssh(address: str) -> tuple[str, ...]:
+    """ssh to the sandbox over one shared connection (the key looked up once): the firewall role's SSH
+    rule (UFW `limit`) refuses a seventh new connection within 30 s, and every phase opens two or three."""
     key = subprocess.run([sys.executable, str(TESTHOST), "key"], check=True, capture_output=True,
                          text=True).stdout.strip()
-    return ["ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+    return ("ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", "-o", "ControlMaster=auto", "-o", "ControlPath=/tmp/bench-ssh-%C",
-            "-o", "ControlPersist=120", f"root@{address}"]
+            "-o", "ControlPersist=120", f"root@{address}")
 
 
 def cpu_snapshot(address: str) -> dict[str, float]:

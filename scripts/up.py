@@ -19,7 +19,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ansible_runner
 import yaml
@@ -93,26 +95,33 @@ def strategy_env(fast: bool) -> dict[str, str]:
     return {"ANSIBLE_STRATEGY_PLUGINS": str(ROOT / ".venv" / "mitogen-strategy"), "ANSIBLE_STRATEGY": "mitogen_linear"}
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    rc: int
+    status: str
+    output: str  # what the run printed, when it failed ("" otherwise)
+
+
+def ansible_run(playbook: Path, inventory: Path, envvars: dict[str, str], event_handler: Any,
+                limit: str | None = None) -> RunOutcome:
+    """ansible_runner.run in a private data directory of its own. ansible-runner saves a run's envvars
+    as env/envvars and lets that file override the envvars of every later run in the same directory:
+    the prepare play's built-in strategy stuck to site.yml (`make up` ran without mitogen)."""
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="runner-", dir=ROOT / ".cache") as private:
+        result = ansible_runner.run(private_data_dir=private, project_dir=str(ROOT), playbook=str(playbook),
+                                    inventory=str(inventory), limit=limit, envvars=envvars,
+                                    event_handler=event_handler, quiet=True)
+        return RunOutcome(result.rc, result.status, result.stdout.read() if result.rc != 0 else "")
+
+
 def run_playbook(playbook: Path, label: str, limit: str | None = None, fast: bool = False) -> Progress:
     progress = Progress(label)
-    (ROOT / ".cache").mkdir(exist_ok=True)
-    # A private data directory per run: ansible-runner saves the first run's envvars as env/envvars
-    # and lets that file override the envvars of every later run in the same directory, so the
-    # prepare play's built-in strategy stuck to site.yml (`make up` ran without mitogen).
-    with tempfile.TemporaryDirectory(prefix="runner-", dir=ROOT / ".cache") as private:
-        result = ansible_runner.run(
-            private_data_dir=private,
-            project_dir=str(ROOT),
-            playbook=str(playbook),
-            inventory=str(INVENTORY / "hosts.yml"),
-            limit=limit,
-            envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-                     "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-                     "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections")} | strategy_env(fast),
-            event_handler=progress,
-            quiet=True,
-        )
-        output = result.stdout.read() if result.rc != 0 else ""
+    result = ansible_run(playbook, INVENTORY / "hosts.yml",
+                         {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                          "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+                          "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections")} | strategy_env(fast),
+                         progress, limit)
     progress.show(final=True)
     s = progress.stats
     print(f"[{label}] {result.status}: {progress.tasks} tasks, ok={s['ok']} "
@@ -125,7 +134,7 @@ def run_playbook(playbook: Path, label: str, limit: str | None = None, fast: boo
         for failure in progress.failures:
             print(f"FAILED: {failure}", file=sys.stderr)
         if not progress.failures:
-            print(output[-3000:], file=sys.stderr)
+            print(result.output[-3000:], file=sys.stderr)
         sys.exit(result.rc or 1)
     return progress
 
