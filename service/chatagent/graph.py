@@ -26,7 +26,7 @@ from .knowledge import (
     detect_lang,
     retrieval_vector,
 )
-from .llm import AnswerProvider, ExtractiveProvider, LLMError
+from .llm import AnswerProvider, ExtractiveProvider, LLMError, LLMStreamBroken
 from .masking import Masker
 from .memory import RateCheck
 from .metrics import Metrics
@@ -97,12 +97,9 @@ class TurnState(TypedDict, total=False):
 
 
 Emit = Callable[[dict[str, Any]], None]
-Node = Callable[[TurnState, Emit], Awaitable[dict[str, Any]]]
+# A node gets None instead of an Emit when nobody listens (a one-shot turn).
+Node = Callable[[TurnState, Emit | None], Awaitable[dict[str, Any]]]
 Router = Callable[[TurnState], str]
-
-
-def _no_emit(chunk: dict[str, Any]) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -140,7 +137,7 @@ class Flow:
         values: dict[str, Any] = dict(state)
         name = self.first
         while name != END:
-            values.update(await self.nodes[name](values, _no_emit))  # type: ignore[arg-type]
+            values.update(await self.nodes[name](values, None))  # type: ignore[arg-type]
             target = self.edges[name]
             name = target if isinstance(target, str) else target[1][target[0](values)]  # type: ignore[arg-type]
         return values
@@ -163,7 +160,7 @@ def build_flow(services: Services) -> Flow:
     s = services
     extractive = ExtractiveProvider()
 
-    async def classify(state: TurnState, emit: Emit) -> dict[str, Any]:
+    async def classify(state: TurnState, emit: Emit | None) -> dict[str, Any]:
         await s.knowledge.maybe_reload()
         started = time.perf_counter()
         cache_write = None
@@ -184,7 +181,8 @@ def build_flow(services: Services) -> Flow:
             # The KB names "handoff" both when that label won and when nothing was confident enough.
             if result.name != HANDOFF_INTENT or confidence >= threshold:
                 label = result.name
-        emit({"meta": {"intent": label or HANDOFF_INTENT, "confidence": confidence}})
+        if emit is not None:
+            emit({"meta": {"intent": label or HANDOFF_INTENT, "confidence": confidence}})
         return {"vector": vector, "cache_write": cache_write, "label": label, "confidence": confidence,
                 "asked_for_human": label == HANDOFF_INTENT}
 
@@ -193,14 +191,14 @@ def build_flow(services: Services) -> Flow:
             return "answer"
         return "retrieve"
 
-    async def retrieve(state: TurnState, emit: Emit) -> dict[str, Any]:
+    async def retrieve(state: TurnState, emit: Emit | None) -> dict[str, Any]:
         kb = s.knowledge.kb
         if kb is None:
             return {"hits": []}
         vector = await retrieval_vector(s.encoder, state["message"], state.get("history"), state["vector"])
         return {"hits": kb.search(vector, s.settings.top_k, s.settings.effective_min_score, state["lang"])}
 
-    async def answer(state: TurnState, emit: Emit) -> dict[str, Any]:
+    async def answer(state: TurnState, emit: Emit | None) -> dict[str, Any]:
         hits = state.get("hits") or []
         lang = state["lang"]
         label = state["label"]
@@ -217,25 +215,34 @@ def build_flow(services: Services) -> Flow:
         parts: list[str] = []
         provider_name = s.provider.name
         llm_error = None
+        args = (state["message"], history, hits, lang, reply_kind)
         try:
-            async for token in s.provider.stream(state["message"], history, hits, lang, reply_kind):
-                parts.append(token)
-                emit({"token": token})
+            if emit is None:
+                parts.append(await s.provider.complete(*args))
+            else:
+                async for token in s.provider.stream(*args):
+                    parts.append(token)
+                    emit({"token": token})
         except LLMError as exc:
             llm_error = str(exc)
-            s.metrics.llm_failures.labels(reason="stream" if parts else "unavailable").inc()
+            broken = bool(parts) or isinstance(exc, LLMStreamBroken)
+            s.metrics.llm_failures.labels(reason="stream" if broken else "unavailable").inc()
             log.error("LLM failed, falling back to extractive answer: %s", exc)
             provider_name = "extractive"
-            if parts:
-                parts.append("\n\n")
-                emit({"token": "\n\n"})
-            async for token in extractive.stream(state["message"], history, hits, lang, reply_kind):
-                parts.append(token)
-                emit({"token": token})
+            if emit is None:
+                parts.append(await extractive.complete(*args))
+            else:
+                if parts:  # already sent: the fallback follows it
+                    parts.append("\n\n")
+                    emit({"token": "\n\n"})
+                async for token in extractive.stream(*args):
+                    parts.append(token)
+                    emit({"token": token})
         if handoff == "low_confidence":
             offer = HANDOFF_OFFER.get(lang, HANDOFF_OFFER["en"])
             parts.append(offer)
-            emit({"token": offer})
+            if emit is not None:
+                emit({"token": offer})
         if handoff:
             s.metrics.handoffs.labels(reason=handoff).inc()
         intent = HANDOFF_INTENT if handoff else str(label)

@@ -34,6 +34,11 @@ def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=timezone.utc).replace(tzinfo=None)
 
 
+def _ts_literal(value: float) -> str:
+    """`_ts(value)` as an SQL literal, as pymysql would quote it."""
+    return f"'{_ts(value).isoformat(' ')}'"
+
+
 # ------------------------------------------------------------------------------ write operations
 # One shape for a write whether it goes to MySQL now or waits in the pending queue as JSON.
 
@@ -82,6 +87,7 @@ class SessionDelete(BaseModel):
 
 WriteOp = Annotated[TurnWrite | FeedbackWrite | SessionDelete, Field(discriminator="kind")]
 WRITE_OP: TypeAdapter[WriteOp] = TypeAdapter(WriteOp)
+_SOURCES: TypeAdapter[list[Source]] = TypeAdapter(list[Source])
 
 # A batch of writes goes out as one multi-statement query: BEGIN, two INSERTs and COMMIT as four round
 # trips were a fifth of a cached chat turn's CPU (the group commit's thread reading and writing
@@ -287,17 +293,25 @@ class MySQLStore:
 
     @staticmethod
     def _turn_statements(cur: Any, turns: list[TurnWrite]) -> list[str]:
-        """Multi-row INSERTs for the turns, each within MAX_QUERY_CHARS unless a single row is longer."""
+        """Multi-row INSERTs for the turns, each within MAX_QUERY_CHARS unless a single row is longer.
+
+        Rows are formatted here rather than by `mogrify`, which converts and escapes each value through
+        pymysql's type dispatch: a turn's three rows cost 46 µs that way, a twentieth of a cached
+        turn's CPU, and 14 µs this way. Strings still go through the connection's own escaping (which
+        honours the server's NO_BACKSLASH_ESCAPES); timestamps are a turn's one `ts`, formatted once."""
         if not turns:
             return []
-        conversations = [cur.mogrify("(%s, %s, %s, %s)", (t.session_id, t.user_id, _ts(t.ts), _ts(t.ts)))
-                         for t in turns]
-        messages = [
-            cur.mogrify("(%s, %s, %s, %s, %s, %s, %s)", (
-                t.session_id, t.request_id, m.role, m.content, m.intent,
-                json.dumps([s.model_dump() for s in m.sources or []], ensure_ascii=False), _ts(m.ts)))
-            for t in turns for m in t.messages
-        ]
+        text = cur.connection.escape  # quoted, or NULL for None
+        conversations: list[str] = []
+        messages: list[str] = []
+        for t in turns:
+            when = _ts_literal(t.ts)
+            session, request = text(t.session_id), text(t.request_id)
+            conversations.append(f"({session}, {text(t.user_id)}, {when}, {when})")
+            for m in t.messages:
+                sources = _SOURCES.dump_json(m.sources).decode() if m.sources else "[]"
+                messages.append(f"({session}, {request}, '{m.role}', {text(m.content)}, {text(m.intent)}, "
+                                f"{text(sources)}, {when if m.ts == t.ts else _ts_literal(m.ts)})")
         return ([_UPSERT_CONVERSATIONS.format(values) for values in _joined(conversations, ", ")]
                 + [_INSERT_MESSAGES.format(values) for values in _joined(messages, ", ")])
 
