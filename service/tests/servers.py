@@ -171,7 +171,9 @@ def fake_llm_app(state: dict[str, Any]) -> FastAPI:
                                  "finish_reason": "stop"}]}
 
         def gen() -> Iterator[str]:
-            for word in answer.split(" "):
+            for n, word in enumerate(answer.split(" ")):
+                if state["mode"] == "break" and n == 2:  # the connection drops part-way
+                    raise ConnectionResetError("fake LLM broke off")
                 chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
                          "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
                 yield f"data: {json.dumps(chunk)}\n\n"

@@ -51,6 +51,24 @@ def test_llm_failure_falls_back_to_extractive(client_factory, fake_llm) -> None:
         fake_llm["mode"] = "ok"
 
 
+def test_llm_broken_stream_falls_back(client_factory, fake_llm) -> None:
+    """A one-shot answer drops the half it got (nobody saw it); a streamed one keeps what it sent."""
+    fake_llm["mode"] = "break"
+    try:
+        client = client_factory(llm_provider="openai", llm_base_url=fake_llm["url"], llm_max_retries=0)
+        body = client.post("/api/v1/chat", json={"message": "How do I get an invoice?"}).json()
+        assert "FAKE-LLM" not in body["answer"]
+        assert "[invoices-request-en]" in body["answer"] and "Request invoice" in body["answer"]
+        raw = client.post("/api/v1/chat/stream", json={"message": "How do I get an invoice?"}).text
+        tokens = re.findall(r'event: token\ndata: \{"text": "((?:[^"\\]|\\.)*)"\}', raw)
+        assert tokens[:3] == ["FAKE-LLM ", "answer ", "\\n\\n"]
+        assert "Request invoice" in "".join(tokens)
+        metrics = client.get("/metrics").text
+        assert 'chatagent_llm_failures_total{reason="stream"} 2.0' in metrics
+    finally:
+        fake_llm["mode"] = "ok"
+
+
 def test_llm_timeout_falls_back(client_factory, fake_llm) -> None:
     fake_llm["mode"], fake_llm["delay"] = "slow", 2
     try:
