@@ -58,6 +58,9 @@ class JoinedWritesHttpToolsProtocol(HttpToolsProtocol):
 
 
 class Worker(UvicornWorker):
-    """gunicorn `worker_class = "chatagent.worker.Worker"`: uvloop and httptools, joined writes."""
+    """gunicorn `worker_class = "chatagent.worker.Worker"`: uvloop and httptools, joined writes, and
+    no uvicorn access log: the app logs every request itself (`chatagent.access`, with the route and
+    request id), and uvicorn's line, sent to gunicorn's access handler, doubled the log volume."""
 
-    CONFIG_KWARGS: dict[str, Any] = {**UvicornWorker.CONFIG_KWARGS, "http": JoinedWritesHttpToolsProtocol}
+    CONFIG_KWARGS: dict[str, Any] = {**UvicornWorker.CONFIG_KWARGS, "http": JoinedWritesHttpToolsProtocol,
+                                     "access_log": False}

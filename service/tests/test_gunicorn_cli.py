@@ -64,6 +64,8 @@ def test_gunicorn_two_workers_aggregate_metrics(hash_kb, redis_server, mariadb, 
     lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
     access = [x for x in lines if x.get("logger") == "chatagent.access"]
     assert len(access) >= 20 and {"request_id", "status", "duration_ms", "route"} <= set(access[0])
+    # One access line per request: uvicorn's own would repeat each one without route or request id.
+    assert not [x for x in lines if x.get("logger") in ("uvicorn.access", "gunicorn.access")]
     assert any(x.get("logger") == "gunicorn.error" for x in lines)
     # The worker that sends each response in one write (tests/test_worker.py).
     assert "Using worker: chatagent.worker.Worker" in log_path.read_text()

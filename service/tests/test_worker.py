@@ -95,4 +95,4 @@ def test_a_close_sends_what_was_written_first() -> None:
 
 
 def test_the_worker_keeps_uvloop_and_uses_the_joined_protocol() -> None:
-    assert Worker.CONFIG_KWARGS == {"loop": "auto", "http": JoinedWritesHttpToolsProtocol}
+    assert Worker.CONFIG_KWARGS == {"loop": "auto", "http": JoinedWritesHttpToolsProtocol, "access_log": False}
