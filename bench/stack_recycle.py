@@ -15,8 +15,6 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import stack_tls as st
 
@@ -33,9 +31,7 @@ def main() -> int:
                                                     "CHATAGENT_MAX_REQUESTS_JITTER": "500"})
     if args.copies is not None:
         extra["nginx_upstream_backup_copies"] = args.copies
-    address, domain = st.sandbox_hosts()["sandbox"], st.sandbox_vars()["chatstack_domains"][0]
-    hosts_file = Path(tempfile.mkdtemp(prefix="bench-recycle-")) / "hosts"
-    hosts_file.write_text(f"127.0.0.1 localhost\n{address} {domain}\n")
+    _, domain, hosts_file = st.sandbox_target()
     st.converge(extra)
     try:
         copies = "the role's default" if args.copies is None else str(args.copies)

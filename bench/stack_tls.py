@@ -108,6 +108,15 @@ CPU_SNAPSHOT = textwrap.dedent("""
 """)
 
 
+def sandbox_target() -> tuple[str, str, Path]:
+    """The sandbox's address, the site's name, and a hosts file that resolves the name to the address
+    (for `wrk`, which takes SNI and Host from the URL)."""
+    address, domain = sandbox_hosts()["sandbox"], sandbox_vars()["chatstack_domains"][0]
+    hosts_file = Path(tempfile.mkdtemp(prefix="bench-stack-")) / "hosts"
+    hosts_file.write_text(f"127.0.0.1 localhost\n{address} {domain}\n")
+    return address, domain, hosts_file
+
+
 def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -207,7 +216,7 @@ def main() -> int:
     args = parser.parse_args()
 
     hosts = sandbox_hosts()
-    address, domain = hosts["sandbox"], sandbox_vars()["chatstack_domains"][0]
+    address, domain, hosts_file = sandbox_target()
     secrets = INVENTORY / ".secrets"
     key = (secrets / "agent" / "api_key").read_text().split()[0]
     root = acme_root(secrets, hosts["sandbox-acme"])
@@ -215,9 +224,7 @@ def main() -> int:
     if args.lift_limits:
         converge(LIFTED)
 
-    work = Path(tempfile.mkdtemp(prefix="bench-stack-"))
-    hosts_file = work / "hosts"
-    hosts_file.write_text(f"127.0.0.1 localhost\n{address} {domain}\n")
+    work = hosts_file.parent
     cached, unique = work / "cached.lua", work / "unique.lua"
     cached.write_text(CHAT_LUA % {"key": key, "unique": "false"})
     unique.write_text(CHAT_LUA % {"key": key, "unique": "true"})

@@ -225,7 +225,7 @@ def build_flow(services: Services) -> Flow:
                     emit({"token": token})
         except LLMError as exc:
             llm_error = str(exc)
-            broken = bool(parts) or isinstance(exc, LLMStreamBroken)
+            broken = isinstance(exc, LLMStreamBroken)
             s.metrics.llm_failures.labels(reason="stream" if broken else "unavailable").inc()
             log.error("LLM failed, falling back to extractive answer: %s", exc)
             provider_name = "extractive"

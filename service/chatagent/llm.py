@@ -42,7 +42,7 @@ class LLMError(RuntimeError):
 
 
 class LLMStreamBroken(LLMError):
-    """The answer broke off after part of it had been received."""
+    """The answer broke off after part of it had been yielded (a plain LLMError: before any of it)."""
 
 
 class AnswerProvider(Protocol):

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from .store import StoredMessage
 
 if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
     from .knowledge import CacheWrite
 
 
